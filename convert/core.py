@@ -1,0 +1,212 @@
+"""``detzoo convert``: a TF detection model to an fp32 ONNX artifact that keeps the zoo contract."""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from detzoo.errors import CheckFailed, DetzooError
+from detzoo.fsutil import atomic_path, remove_stale_temporaries, sha256_file
+from detzoo.images import demo_dir
+from detzoo.manifest import MANIFEST, Manifest, Variant
+from detzoo.runners import OrtRunner, source_runner
+from detzoo.source import OUTPUT_ROLES, IOSpec, ModelFormat, ModelSource, open_source
+from detzoo.convert.iodetect import detect_io
+from detzoo.convert.loading import load_model_graph
+from detzoo.convert.parity import ParityReport, ParityTolerance, check_parity
+
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 18, 17
+
+
+@dataclass
+class ConvertConfig:
+    source: Path
+    out: Path
+    opset: int = DEFAULT_OPSET
+    input_name: str | None = None
+    output_names: list | None = None
+    name: str | None = None
+    force: bool = False
+    check: bool = True
+    check_images: Path | None = None
+    check_limit: int | None = None
+    threads: int = 1
+    tolerance: ParityTolerance = field(default_factory=ParityTolerance)
+    allow_unsafe_ops: bool = False
+    label_map: dict | None = None
+
+    def __post_init__(self):
+        self.source, self.out = Path(self.source), Path(self.out)
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise DetzooError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {self.opset}")
+        if self.threads < 1:
+            raise DetzooError(f"--threads must be >= 1, got {self.threads}")
+        if self.check_limit is not None and self.check_limit < 1:
+            raise DetzooError(f"--check-limit must be >= 1, got {self.check_limit}")
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise DetzooError(f"--name must be a plain file-name stem, got {self.name!r}")
+
+
+@dataclass
+class ConvertResult:
+    manifest: Manifest
+    artifact: Path
+    parity: ParityReport | None
+    seconds: float
+
+
+def default_name(src: ModelSource) -> str:
+    origin = src.origin
+    if origin.is_file() and origin.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return origin.name.split(".tar")[0].removesuffix(".tgz")
+    if src.format == ModelFormat.FROZEN_GRAPH:
+        return src.path.parent.name or "model"
+    if src.format == ModelFormat.SAVED_MODEL:
+        return (src.path.parent.name if src.path.name == "saved_model" else src.path.name) or "model"
+    return src.path.stem
+
+
+def _refuse_existing(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DetzooError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and not force:
+        existing = sorted(p.name for p in out.iterdir() if p.name == MANIFEST or p.suffix == ".onnx")
+        if existing:
+            raise DetzooError(f"{out} already holds artifacts ({', '.join(existing[:4])}); pass --force to replace them")
+
+
+def _quiet_tf2onnx():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+
+
+def run_tf2onnx(src: ModelSource, io: IOSpec, opset: int):
+    """Convert with tf2onnx; returns the ONNX ModelProto with outputs as tf2onnx names them."""
+    _quiet_tf2onnx()
+    import tf2onnx
+    from tf2onnx import tf_loader
+
+    buf = _io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            if src.format == ModelFormat.FROZEN_GRAPH:
+                from detzoo.source import load_graph_def
+
+                model, _ = tf2onnx.convert.from_graph_def(load_graph_def(src.path), name=src.path.stem,
+                                                          input_names=[io.input.name],
+                                                          output_names=io.output_names, opset=opset)
+            elif src.format == ModelFormat.SAVED_MODEL:
+                gd, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+                    str(src.path), None, None, "serve", ["serving_default"], None, False,
+                    return_initialized_tables=True, return_tensors_to_rename=True)
+                model, _ = tf2onnx.convert._convert_common(
+                    gd, name=src.path.name, continue_on_error=True, opset=opset, input_names=inputs,
+                    output_names=outputs, tensors_to_rename=renames, initialized_tables=tables)
+            else:
+                model, _ = tf2onnx.convert.from_tflite(str(src.path), opset=opset)
+    except DetzooError:
+        raise
+    except Exception as e:  # tf2onnx raises bare exceptions of many kinds
+        raise DetzooError(f"tf2onnx could not convert {src.path.name}: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from None
+    return model
+
+
+def artifact_output_names(src: ModelSource, io: IOSpec) -> list[str]:
+    """Frozen graphs keep their tensor names (``num_detections:0``); others get the role names."""
+    if src.format == ModelFormat.FROZEN_GRAPH:
+        return io.output_names
+    return list(OUTPUT_ROLES)
+
+
+def enforce_contract(model, src: ModelSource, io: IOSpec):
+    """Outputs in the zoo's order with the contract's names; the input keeps the source's name."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    produced = {o.name: o for o in graph.output}
+    # tf2onnx names SavedModel outputs by signature key and TFLite outputs by tensor name.
+    candidates = {r: [io.outputs[r], io.outputs[r] + ":0", r] for r in OUTPUT_ROLES}
+    wanted = artifact_output_names(src, io)
+    new_outputs = []
+    for role, new_name in zip(OUTPUT_ROLES, wanted):
+        old = next((c for c in candidates[role] if c in produced), None)
+        if old is None:
+            raise DetzooError(f"converted model lacks output {io.outputs[role]!r}; it has {sorted(produced)}")
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(produced[old])
+        if old != new_name:
+            graph.node.append(helper.make_node("Identity", [old], [new_name], name=f"detzoo_contract_{role}"))
+            vi.name = new_name
+        new_outputs.append(vi)
+    del graph.output[:]
+    graph.output.extend(new_outputs)
+    if len(graph.input) != 1:
+        raise DetzooError(f"converted model has {len(graph.input)} inputs; expected one image input")
+    onnx.checker.check_model(model)
+    return model
+
+
+def _clean_replaced(out: Path, old: Manifest | None, keep: set[str]) -> None:
+    """After --force: remove files the previous manifest listed that the new one does not."""
+    if old is None:
+        return
+    for v in old.variants.values():
+        if v.file not in keep:
+            (out / v.file).unlink(missing_ok=True)
+    for report in ("report.json", "REPORT.md", "report.html", "README.md"):
+        (out / report).unlink(missing_ok=True)
+
+
+def convert(cfg: ConvertConfig) -> ConvertResult:
+    import onnx
+
+    t0 = time.perf_counter()
+    with open_source(cfg.source) as src:
+        _refuse_existing(cfg.out, cfg.force)
+        old = None
+        if cfg.force and (cfg.out / MANIFEST).is_file():
+            with contextlib.suppress(DetzooError):
+                old = Manifest.load(cfg.out)
+        graph = load_model_graph(src, cfg.allow_unsafe_ops)
+        io = detect_io(src, cfg.input_name, cfg.output_names, graph=graph)
+        if cfg.label_map:
+            io.label_map = {int(k): str(v) for k, v in cfg.label_map.items()}
+        del graph
+        name = cfg.name or default_name(src)
+        model = enforce_contract(run_tf2onnx(src, io, cfg.opset), src, io)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(cfg.out)
+        artifact = cfg.out / f"{name}.fp32.onnx"
+        with atomic_path(artifact) as tmp:
+            onnx.save(model, tmp)
+        conversion_seconds = time.perf_counter() - t0
+        variant = Variant(name="fp32", file=artifact.name, precision="fp32", sha256=sha256_file(artifact),
+                          size=artifact.stat().st_size, opset=cfg.opset,
+                          settings={"opset": cfg.opset, "input": cfg.input_name, "output": cfg.output_names,
+                                    "onnx_input": model.graph.input[0].name,
+                                    "onnx_outputs": [o.name for o in model.graph.output],
+                                    "conversion_seconds": round(conversion_seconds, 3)})
+        parity = None
+        if cfg.check:
+            images = cfg.check_images or demo_dir("eval")
+            with source_runner(src.format, src.path, io, cfg.threads) as s_run, \
+                    OrtRunner(artifact, io, cfg.threads) as o_run:
+                parity = check_parity(s_run, o_run, images, cfg.tolerance, cfg.check_limit)
+            variant.checks["parity"] = {**parity.to_json(), "images_dir": str(images)}
+        manifest = Manifest(name=name, source=src.describe(), io=io, variants={"fp32": variant})
+        manifest.save(cfg.out)
+        _clean_replaced(cfg.out, old, keep={artifact.name})
+    result = ConvertResult(manifest, artifact, parity, time.perf_counter() - t0)
+    if parity is not None and not parity.passed:
+        raise CheckFailed(f"{artifact.name} does not match its source: {parity.summary()}")
+    return result

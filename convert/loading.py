@@ -1,0 +1,29 @@
+"""Load a source model for inspection and conversion, scanning it for unsafe ops first."""
+
+from __future__ import annotations
+
+from detzoo.errors import DetzooError
+from detzoo.safety import scan_graph_def, scan_tflite
+from detzoo.source import ModelFormat, ModelSource, load_graph_def, load_saved_model_signature, tflite_interpreter
+
+
+def load_model_graph(src: ModelSource, allow_unsafe_ops: bool = False):
+    """GraphDef (frozen graph), (MetaGraphDef, signature) (SavedModel) or interpreter (TFLite)."""
+    if src.format == ModelFormat.FROZEN_GRAPH:
+        gd = load_graph_def(src.path)
+        if not allow_unsafe_ops:
+            scan_graph_def(gd, f"graph {src.path.name}")
+        return gd
+    if src.format == ModelFormat.SAVED_MODEL:
+        meta, sig = load_saved_model_signature(src.path)
+        if not allow_unsafe_ops:
+            scope = meta.saver_def.filename_tensor_name.split("/")[0] if meta.saver_def.filename_tensor_name else ""
+            scan_graph_def(meta.graph_def, f"SavedModel {src.path}",
+                           saver_scopes=tuple(s for s in (scope + "/", "saver_filename", "save/") if s != "/"))
+        return meta, sig
+    if src.format == ModelFormat.TFLITE:
+        interp = tflite_interpreter(src.path)
+        if not allow_unsafe_ops:
+            scan_tflite(src.path, interp._get_ops_details())
+        return interp
+    raise DetzooError(f"unsupported source format {src.format}")

@@ -1,0 +1,115 @@
+"""The ``detzoo`` command line: each command parses, calls one library function, prints.
+
+Heavy libraries are imported inside the commands so ``detzoo --help`` is instant. User errors are
+printed as one line without a traceback: exit 2 for bad input, exit 1 for a failed check.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from detzoo.errors import DetzooError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="TensorFlow object-detection models to verified ONNX model-zoo artifacts.")
+
+
+def _fail(e: DetzooError) -> None:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    typer.echo(f"detzoo: error: {msg}", err=True)
+    raise typer.Exit(e.exit_code)
+
+
+def _split_names(values: Optional[List[str]]) -> Optional[List[str]]:
+    if not values:
+        return None
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+@app.command()
+def inspect(source: Path = typer.Argument(..., help="Frozen graph .pb, export folder, SavedModel, .tflite or .tar.gz"),
+            input: Optional[str] = typer.Option(None, "--input", help="Input tensor name"),
+            output: Optional[List[str]] = typer.Option(None, "--output", help="4 output names, contract order"),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON")):
+    """Print what detzoo detects in a model: format, IO, op census, control flow, NMS, refusals."""
+    from detzoo.convert.inspect import inspect_model
+
+    try:
+        report = inspect_model(source, input, _split_names(output))
+    except DetzooError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    src, io = report["source"], report["io"]
+    typer.echo(f"format:        {src['format']}  ({src['path']}, {src['size'] / 1e6:.1f} MB, sha256 {src['sha256'][:16]}...)")
+    if io:
+        i = io["input"]
+        typer.echo(f"input:         {i['name']} {i['dtype']} {i['shape']}")
+        typer.echo(f"outputs:       {', '.join(f'{r}={n}' for r, n in io['outputs'].items())}")
+        typer.echo(f"preprocessing: {io['preprocessing']}")
+        typer.echo(f"class ids:     raw + {io['class_offset']}; classes: {io['num_classes'] or 'unknown'}")
+    typer.echo(f"ops:           {report['op_count']} ({', '.join(f'{k} {v}' for k, v in list(report['op_census'].items())[:12])}, ...)")
+    typer.echo(f"control flow:  {report['control_flow'] or 'none'}")
+    typer.echo(f"tensor arrays: {report['tensor_arrays'] or 'none'}")
+    typer.echo(f"NMS:           {report['nms_ops'] or 'none'}")
+    for r in report["refusals"]:
+        typer.echo(f"refuses:       {r}")
+
+
+@app.command()
+def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export folder, SavedModel, .tflite or .tar.gz"),
+            out: Path = typer.Option(..., "--out", help="Output folder (the zoo entry)"),
+            opset: int = typer.Option(17, help="ONNX opset (13-18)"),
+            input: Optional[str] = typer.Option(None, "--input", help="Input tensor name (auto-detected)"),
+            output: Optional[List[str]] = typer.Option(None, "--output",
+                                                       help="Output names: num, boxes, scores, classes"),
+            name: Optional[str] = typer.Option(None, help="Artifact name stem (default: from the source)"),
+            force: bool = typer.Option(False, "--force", help="Replace artifacts already in --out"),
+            check: bool = typer.Option(True, "--check/--no-check", help="Parity check against the source"),
+            check_images: Optional[Path] = typer.Option(None, help="Images for the parity check (default: demo frames)"),
+            check_limit: Optional[int] = typer.Option(None, help="Use at most N parity images"),
+            score_atol: float = typer.Option(1e-4, help="Parity: max |score diff| of matched detections"),
+            box_atol: float = typer.Option(1e-4, help="Parity: max |box diff|, in units of image size"),
+            parity_min_score: float = typer.Option(0.3, help="Parity: compare detections scoring at least this"),
+            max_unmatched: int = typer.Option(0, help="Parity: detections allowed without a counterpart"),
+            threads: int = typer.Option(1, help="Intra-op threads for TF and onnxruntime"),
+            allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops")):
+    """Convert a TF detection model to ONNX (fp32) and check that its detections match the source."""
+    from detzoo.convert import ConvertConfig, ParityTolerance, convert as run_convert
+
+    try:
+        cfg = ConvertConfig(source=source, out=out, opset=opset, input_name=input, output_names=_split_names(output),
+                            name=name, force=force, check=check, check_images=check_images,
+                            check_limit=check_limit, threads=threads, allow_unsafe_ops=allow_unsafe_ops,
+                            tolerance=ParityTolerance(score_atol=score_atol, box_atol=box_atol,
+                                                      min_score=parity_min_score, max_unmatched=max_unmatched))
+        res = run_convert(cfg)
+    except DetzooError as e:
+        _fail(e)
+    typer.echo(f"wrote {res.artifact} ({res.artifact.stat().st_size / 1e6:.1f} MB) in {res.seconds:.1f}s")
+    if res.parity:
+        typer.echo(res.parity.summary())
+
+
+def main() -> None:
+    """Console entry point."""
+    import os
+
+    # TensorFlow's C++ and Python loggers would bury the one line a user needs.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("detzoo: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Exceptions a user can cause, each mapped to one exit code by the CLI.
+
+Library code raises these; only ``detzoo.cli`` turns them into an exit status and a one-line
+message (no traceback), in the spirit of Polygraphy's single user-error type.
+"""
+
+from __future__ import annotations
+
+
+class DetzooError(Exception):
+    """Bad input: a path, file, option or manifest the user gave is not what was expected (exit 2)."""
+
+    exit_code = 2
+
+
+class CheckFailed(DetzooError):
+    """A measured check failed: parity out of tolerance, accuracy budget broken, drift (exit 1)."""
+
+    exit_code = 1
+
+
+def expect(condition: bool, message: str) -> None:
+    """Raise ``DetzooError(message)`` unless ``condition``; used instead of ``assert`` on user input."""
+    if not condition:
+        raise DetzooError(message)

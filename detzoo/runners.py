@@ -1,0 +1,212 @@
+"""One runner interface for TF frozen graphs, SavedModels, TFLite and ONNX Runtime.
+
+Every runner is fed the same preprocessed batch (``preprocess``), runs with the same intra-op
+thread count (like the zoo's AIO_NUM_THREADS) and one inter-op thread, returns the raw outputs in
+the contract order, and converts them to ``Detections`` once, here.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from pathlib import Path
+
+import numpy as np
+
+from detzoo.detections import Detections
+from detzoo.errors import DetzooError
+from detzoo.source import ModelFormat, IOSpec
+
+
+def preprocess(image: np.ndarray, io: IOSpec) -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> the batch of one the model takes. Shared by calibration and evaluation."""
+    x = image
+    if io.resize:
+        from PIL import Image
+
+        h, w = io.resize
+        if x.shape[:2] != (h, w):
+            x = np.asarray(Image.fromarray(x).resize((w, h), Image.BILINEAR))
+    x = x[None]
+    if io.input.dtype.startswith("float"):
+        return (x.astype(np.float32) * np.float32(io.scale) + np.float32(io.offset)).astype(np.float32)
+    return np.ascontiguousarray(x, dtype=np.uint8)
+
+
+class Runner(abc.ABC):
+    """Load on ``activate`` (or ``with``), ``infer`` a batch, ``detect`` an image."""
+
+    framework = ""
+
+    def __init__(self, path: str | Path, io: IOSpec, threads: int = 1, label: str = ""):
+        if threads < 1:
+            raise DetzooError(f"threads must be >= 1, got {threads}")
+        self.path = Path(path)
+        self.io = io
+        self.threads = threads
+        self.label = label or self.path.name
+        self.last_inference_time = 0.0
+        self.active = False
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+    def activate(self) -> None:
+        if not self.active:
+            self._activate()
+            self.active = True
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._deactivate()
+            self.active = False
+
+    @abc.abstractmethod
+    def _activate(self) -> None: ...
+
+    def _deactivate(self) -> None:
+        pass
+
+    @abc.abstractmethod
+    def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Raw outputs in OUTPUT_ROLES order."""
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.activate()
+        t0 = time.perf_counter()
+        out = self._infer(batch)
+        self.last_inference_time = time.perf_counter() - t0
+        return out
+
+    def detect(self, image: np.ndarray) -> Detections:
+        raw = self.infer(preprocess(image, self.io))
+        return Detections.from_od_api(*raw, image_hw=image.shape[:2], class_offset=self.io.class_offset)
+
+
+def _tf_session_config(threads: int):
+    import tensorflow as tf
+
+    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1,
+                                    device_count={"GPU": 0})
+
+
+class TFGraphRunner(Runner):
+    """A TF1 frozen graph in a v1 Session."""
+
+    framework = "tensorflow"
+
+    def _activate(self):
+        import tensorflow as tf
+
+        from detzoo.source import load_graph_def
+
+        gd = load_graph_def(self.path)
+        self._graph = tf.Graph()
+        with self._graph.as_default():
+            tf.compat.v1.import_graph_def(gd, name="")
+        self._sess = tf.compat.v1.Session(graph=self._graph, config=_tf_session_config(self.threads))
+        self._fetches = [self._graph.get_tensor_by_name(_tensor_name(n)) for n in self.io.output_names]
+        self._feed = self._graph.get_tensor_by_name(_tensor_name(self.io.input.name))
+
+    def _deactivate(self):
+        self._sess.close()
+
+    def _infer(self, batch):
+        return self._sess.run(self._fetches, {self._feed: batch})
+
+
+class TFSavedModelRunner(Runner):
+    """A SavedModel's ``serving_default`` signature, loaded in a v1 Session so threads are per-model."""
+
+    framework = "tensorflow"
+
+    def _activate(self):
+        import tensorflow as tf
+
+        from detzoo.source import load_saved_model_signature
+
+        _, sig = load_saved_model_signature(self.path)
+        self._graph = tf.Graph()
+        self._sess = tf.compat.v1.Session(graph=self._graph, config=_tf_session_config(self.threads))
+        with self._graph.as_default():
+            tf.compat.v1.saved_model.loader.load(self._sess, ["serve"], str(self.path))
+        in_name = self.io.input.name
+        self._feed = self._graph.get_tensor_by_name(sig.inputs[in_name].name if in_name in sig.inputs
+                                                    else _tensor_name(in_name))
+        self._fetches = [self._graph.get_tensor_by_name(sig.outputs[n].name if n in sig.outputs
+                                                        else _tensor_name(n)) for n in self.io.output_names]
+
+    def _deactivate(self):
+        self._sess.close()
+
+    def _infer(self, batch):
+        return self._sess.run(self._fetches, {self._feed: batch})
+
+
+class TFLiteRunner(Runner):
+    framework = "tflite"
+
+    def _activate(self):
+        from detzoo.source import tflite_interpreter
+
+        self._interp = tflite_interpreter(self.path, self.threads)
+        by_name = {d["name"]: d["index"] for d in self._interp.get_output_details()}
+        self._outs = [by_name[n] for n in self.io.output_names]
+        self._in = self._interp.get_input_details()[0]["index"]
+
+    def _infer(self, batch):
+        self._interp.set_tensor(self._in, batch)
+        self._interp.invoke()
+        return [self._interp.get_tensor(i) for i in self._outs]
+
+
+class OrtRunner(Runner):
+    """An ONNX artifact on onnxruntime's CPU provider; outputs are taken by position (contract order)."""
+
+    framework = "onnxruntime"
+
+    def __init__(self, path, io, threads=1, label="", optimization_level: str = "all"):
+        super().__init__(path, io, threads, label)
+        self.optimization_level = optimization_level
+
+    def _activate(self):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization_level]
+        so.log_severity_level = 3
+        try:
+            self._sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises several private exception types
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise DetzooError(f"{self.path.name} is not a loadable ONNX model: {first}") from None
+        self._in = self._sess.get_inputs()[0].name
+        self._outs = [o.name for o in self._sess.get_outputs()][:4]
+
+    def _deactivate(self):
+        del self._sess
+
+    def _infer(self, batch):
+        return self._sess.run(self._outs, {self._in: batch})
+
+
+def _tensor_name(name: str) -> str:
+    return name if ":" in name else name + ":0"
+
+
+def source_runner(fmt: ModelFormat, path: Path, io: IOSpec, threads: int = 1, label: str = "source") -> Runner:
+    cls = {ModelFormat.FROZEN_GRAPH: TFGraphRunner, ModelFormat.SAVED_MODEL: TFSavedModelRunner,
+           ModelFormat.TFLITE: TFLiteRunner}[ModelFormat(fmt)]
+    return cls(path, io, threads, label)

@@ -1,0 +1,1 @@
+"""COCO accuracy, latency, reports and the accuracy gate."""
