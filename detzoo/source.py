@@ -242,10 +242,16 @@ def load_saved_model_signature(path: Path, signature: str = "serving_default"):
 
 
 def tflite_interpreter(path: Path, threads: int = 1):
+    import warnings
+
     import tensorflow as tf
 
     try:
-        interp = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+        # model_content (not model_path) makes TFLite verify the flatbuffer: a corrupt file
+        # given by path crashes the process instead of raising.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+            interp = tf.lite.Interpreter(model_content=path.read_bytes(), num_threads=threads)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
