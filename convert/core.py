@@ -14,6 +14,7 @@ from detzoo.errors import CheckFailed, DetzooError
 from detzoo.fsutil import atomic_path, remove_stale_temporaries, sha256_file
 from detzoo.images import demo_dir
 from detzoo.manifest import MANIFEST, Manifest, Variant
+from detzoo.onnxcanon import canonicalize
 from detzoo.runners import OrtRunner, source_runner
 from detzoo.source import OUTPUT_ROLES, IOSpec, ModelFormat, ModelSource, open_source
 from detzoo.convert.iodetect import detect_io
@@ -183,7 +184,7 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
             io.label_map = {int(k): str(v) for k, v in cfg.label_map.items()}
         del graph
         name = cfg.name or default_name(src)
-        model = enforce_contract(run_tf2onnx(src, io, cfg.opset), src, io)
+        model = canonicalize(enforce_contract(run_tf2onnx(src, io, cfg.opset), src, io))
         cfg.out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(cfg.out)
         artifact = cfg.out / f"{name}.fp32.onnx"

@@ -66,3 +66,11 @@ def test_parity_failure_exits_1_and_records_figures(real_model_path, tmp_path):
     assert r.exit_code == 1 and "does not match its source" in r.stderr
     m = Manifest.load(out)
     assert m.variants["fp32"].checks["parity"]["passed"] is False
+
+
+def test_conversion_is_byte_identical_across_runs(real_fp32_dir, real_model_path, tmp_path):
+    """tf2onnx's node order and generated names vary per run; detzoo canonicalizes them."""
+    from detzoo.convert import ConvertConfig, convert
+
+    res = convert(ConvertConfig(source=real_model_path, out=tmp_path / "again", check=False))
+    assert res.manifest.variants["fp32"].sha256 == Manifest.load(real_fp32_dir).variants["fp32"].sha256
