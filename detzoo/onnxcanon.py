@@ -49,13 +49,24 @@ def _subgraphs(a):
     return [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
 
 
+def _type_key(t) -> bytes:
+    """A type without its symbolic dimension names (tf2onnx numbers them with a global counter)."""
+    anon = onnx.TypeProto()
+    anon.CopyFrom(t)
+    if anon.HasField("tensor_type"):
+        for d in anon.tensor_type.shape.dim:
+            if d.HasField("dim_param"):
+                d.dim_param = "?"
+    return anon.SerializeToString(deterministic=True)
+
+
 def _hash_graph(g, outer: dict, is_sub: bool = False) -> tuple[dict, list]:
     """Structural hash of every value of ``g`` (subgraphs included) and of each node, in order.
 
     Main-graph inputs are known by name; a subgraph's inputs are local, known by position."""
     h = dict(outer)
     for j, i in enumerate(g.input):
-        h[i.name] = _h("input", j if is_sub else i.name, i.type.SerializeToString(deterministic=True))
+        h[i.name] = _h("input", j if is_sub else i.name, _type_key(i.type))
     for t in g.initializer:
         anon = onnx.TensorProto()
         anon.CopyFrom(t)
@@ -207,6 +218,8 @@ def _canon_graph(g, outer_hash: dict, namer: _Namer, rename: dict, owner: str | 
         n.name = name
         for a in n.attribute:
             for sub in _subgraphs(a):
+                sub.name = f"{name}/{a.name}"
+                sub.doc_string = ""  # tf2onnx writes per-run text here
                 _canon_graph(sub, h, namer, local, owner=name)
         n.input[:] = [local.get(x, x) for x in n.input]
         n.output[:] = [local.get(x, x) for x in n.output]
@@ -233,4 +246,19 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     g = model.graph
     reserved = {i.name for i in g.input} | {o.name for o in g.output}
     _canon_graph(g, {}, _Namer(reserved), {}, owner=None)
+    _rename_dim_params(g, {})
     return model
+
+
+def _rename_dim_params(g, names: dict) -> None:
+    """Number symbolic dimensions in the canonical order of first appearance."""
+    for seq in (g.input, g.output, g.value_info):
+        for v in seq:
+            if v.type.HasField("tensor_type"):
+                for d in v.type.tensor_type.shape.dim:
+                    if d.HasField("dim_param"):
+                        d.dim_param = names.setdefault(d.dim_param, f"unk__{len(names)}")
+    for n in g.node:
+        for a in n.attribute:
+            for sub in _subgraphs(a):
+                _rename_dim_params(sub, names)
