@@ -97,6 +97,44 @@ def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
         typer.echo(res.parity.summary())
 
 
+@app.command()
+def verify(folder: Path = typer.Argument(..., help="Output folder holding manifest.json"),
+           images: Optional[Path] = typer.Option(None, "--images", envvar="COCO_IMG_PATH",
+                                                 help="Images folder (default without annotations: demo frames)"),
+           annotations: Optional[Path] = typer.Option(None, "--annotations", envvar="COCO_ANNO_PATH",
+                                                      help="COCO instances JSON (ground-truth mode)"),
+           limit: Optional[int] = typer.Option(None, "--limit", help="First N images (by image id with annotations)"),
+           threads: int = typer.Option(1, "--threads", help="Intra-op threads for TF and onnxruntime"),
+           latency_runs: int = typer.Option(50, "--latency-runs", help="Timed runs per model (0: no latency)"),
+           max_drop: float = typer.Option(1.0, "--max-drop", help="Largest allowed mAP drop, in points"),
+           bootstrap: int = typer.Option(0, "--bootstrap", help="Resamples for a 95% CI on the drop (0: none)"),
+           variants: Optional[List[str]] = typer.Option(None, "--variants", help="Variants to verify, e.g. fp32,int8"),
+           reference_threshold: float = typer.Option(0.5, "--reference-threshold",
+                                                     help="Reference mode: source detections >= this are the truth"),
+           quiet: bool = typer.Option(False, "--quiet", help="No progress bars, warnings or summary")):
+    """Measure every artifact against its source (COCO AP, agreement, latency); exit 1 if a drop exceeds --max-drop."""
+    from rich.console import Console
+
+    from detzoo.errors import CheckFailed
+    from detzoo.verify import VerifyConfig, verify as run_verify
+
+    console = None if quiet else Console(stderr=True)
+    try:
+        cfg = VerifyConfig(folder=folder, images=images, annotations=annotations, limit=limit, threads=threads,
+                           latency_runs=latency_runs, max_drop=max_drop, bootstrap=bootstrap,
+                           variants=_split_names(variants), reference_threshold=reference_threshold)
+        res = run_verify(cfg, console)
+    except CheckFailed as e:
+        if not quiet:
+            typer.echo((folder / "REPORT.md").read_text().split("\n## ")[0].rstrip())
+        _fail(e)
+    except DetzooError as e:
+        _fail(e)
+    if not quiet:
+        typer.echo(res.report_md.read_text().split("\n## ")[0].rstrip())
+        typer.echo(f"wrote {res.report_json} and {res.report_md}")
+
+
 def main() -> None:
     """Console entry point."""
     import os

@@ -1,0 +1,91 @@
+"""Fixtures for verify: the synthetic shapes set, the tiny TF detectors converted once, a worse twin."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.dataset import make_shapes_dataset
+
+SHIFT = (3, 2)  # px added to every ground-truth box (x, y): the detector's mAP falls well below 1
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> tuple[Path, Path]:
+    """(images_dir, annotations.json) of the synthetic shapes set, exact ground truth."""
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def shifted_annotations(shapes) -> Path:
+    """The same set with every box moved by SHIFT: a perfect detector scores a real, non-trivial mAP."""
+    _, ann = shapes
+    d = json.loads(ann.read_text())
+    for a in d["annotations"]:
+        a["bbox"] = [a["bbox"][0] + SHIFT[0], a["bbox"][1] + SHIFT[1], a["bbox"][2], a["bbox"][3]]
+    out = ann.parent / "shifted.json"
+    out.write_text(json.dumps(d))
+    return out
+
+
+def _convert(source: Path, out: Path, images: Path) -> Path:
+    from detzoo.convert import ConvertConfig, convert
+
+    convert(ConvertConfig(source=source, out=out, check_images=images))
+    return out
+
+
+@pytest.fixture(scope="session")
+def shapes_entry_dir(tmp_path_factory, shapes) -> Path:
+    """The tiny TF2 SavedModel detector converted to fp32 ONNX (parity-checked on the shapes set)."""
+    from tests.fixtures.models import make_saved_model
+
+    root = tmp_path_factory.mktemp("shapes_model")
+    return _convert(make_saved_model(root), root / "entry", shapes[0])
+
+
+@pytest.fixture(scope="session")
+def tflite_entry_dir(tmp_path_factory, shapes) -> Path:
+    """Its TFLite twin (0-based class ids from TFLite_Detection_PostProcess), converted likewise."""
+    from tests.fixtures.models import make_tflite
+
+    root = tmp_path_factory.mktemp("tflite_model")
+    return _convert(make_tflite(root), root / "entry", shapes[0])
+
+
+@pytest.fixture
+def shapes_entry(shapes_entry_dir, tmp_path) -> Path:
+    dst = tmp_path / "entry"
+    shutil.copytree(shapes_entry_dir, dst)
+    return dst
+
+
+def add_shifted_variant(entry: Path, name: str = "shifted", shift: float = -0.03) -> str:
+    """Register a variant whose boxes are moved by ``shift`` (normalized): a known accuracy loss
+    (negative: away from the SHIFT of the shifted annotations)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from detzoo.fsutil import sha256_file
+    from detzoo.manifest import Manifest, Variant
+
+    m = Manifest.load(entry)
+    base = m.variants["fp32"]
+    model = onnx.load(entry / base.file)
+    g = model.graph
+    boxes = g.output[1].name
+    for node in g.node:
+        node.output[:] = [o + "_raw" if o == boxes else o for o in node.output]
+        node.input[:] = [i + "_raw" if i == boxes else i for i in node.input]
+    g.initializer.append(numpy_helper.from_array(np.full([4], shift, np.float32), "detzoo_test_shift"))
+    g.node.append(helper.make_node("Add", [boxes + "_raw", "detzoo_test_shift"], [boxes]))
+    path = entry / f"{name}.onnx"
+    onnx.save(model, path)
+    m.variants[name] = Variant(name=name, file=path.name, precision="fp32", sha256=sha256_file(path),
+                               size=path.stat().st_size, parent="fp32")
+    m.save(entry)
+    return name

@@ -1,0 +1,166 @@
+"""The accuracy pass: detections of every model on the same images, then COCO evaluation.
+
+Running models (``collect_detections``) is kept apart from evaluating them (``evaluate_models``):
+detections go through the per-model cache, so an interrupted pass resumes, a re-run evaluates
+without inference, and a later sharded run can merge caches before one evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from detzoo.coco import CocoResult, bootstrap_drop, evaluate, reference_ground_truth
+from detzoo.detections import Detections, agreement
+from detzoo.errors import DetzooError
+from detzoo.images import ImageError, ImageRecord, decode_image
+from detzoo.runners import Runner
+
+from detzoo.verify.cache import DetectionCache, image_sha256
+
+
+@dataclass
+class Model:
+    """A model to verify: the source (``name='source'``) or a manifest variant."""
+
+    name: str
+    framework: str
+    precision: str
+    file: str
+    sha256: str
+    size: int
+    runner: Runner
+    cache: DetectionCache | None = None
+
+
+@dataclass
+class Collected:
+    detections: dict            # model name -> {image id: Detections}
+    sizes: dict                 # image id -> (h, w)
+    keys: dict                  # image id -> file name
+    skipped: list               # [{"file", "image_id", "error"}]
+    inferences: dict            # model name -> images actually run (the rest came from the cache)
+    cache_hits: dict
+
+
+def collect_detections(models: list[Model], records: list[ImageRecord],
+                       advance: Callable[[], None] | None = None) -> Collected:
+    """Each image is decoded once and fed to every model that has no cached result for it."""
+    dets = {m.name: {} for m in models}
+    sizes, keys, skipped = {}, {}, []
+    runs = {m.name: 0 for m in models}
+    hits = {m.name: 0 for m in models}
+    for rec in records:
+        try:
+            sha = image_sha256(rec.path)
+        except OSError as e:
+            skipped.append({"file": rec.key, "image_id": rec.image_id, "error": f"cannot read: {e.strerror or e}"})
+            if advance:
+                advance()
+            continue
+        cached = {m.name: m.cache.get(rec.image_id, sha) if m.cache else None for m in models}
+        image = None
+        if any(c is None for c in cached.values()):
+            try:
+                image = decode_image(rec.path)
+            except ImageError as e:
+                skipped.append({"file": rec.key, "image_id": rec.image_id, "error": str(e)})
+                if advance:
+                    advance()
+                continue
+        for m in models:
+            c = cached[m.name]
+            if c is not None:
+                dets[m.name][rec.image_id] = c.detections
+                sizes[rec.image_id] = c.hw
+                hits[m.name] += 1
+                continue
+            d = m.runner.detect(image)
+            runs[m.name] += 1
+            if m.cache:
+                m.cache.put(rec.image_id, sha, image.shape[:2], d)
+            dets[m.name][rec.image_id] = d
+            sizes[rec.image_id] = tuple(image.shape[:2])
+        keys[rec.image_id] = rec.key
+        if advance:
+            advance()
+    if not sizes:
+        raise DetzooError(f"none of the {len(records)} images could be decoded "
+                          f"(first: {skipped[0]['file']}: {skipped[0]['error']})" if skipped
+                          else "no images to verify")
+    return Collected(dets, sizes, keys, skipped, runs, hits)
+
+
+@dataclass
+class ModelAccuracy:
+    coco: CocoResult
+    fidelity: CocoResult | None = None        # against the source's confident detections
+    agreement: dict | None = None
+    drop: dict = field(default_factory=dict)  # stat name -> source - model (fractions, not points)
+    drop_ci: dict | None = None
+    warnings: list = field(default_factory=list)
+
+
+def _results(dets: dict[int, Detections], ids) -> list[dict]:
+    out = []
+    for i in ids:
+        out.extend(dets[i].to_coco(i))
+    return out
+
+
+def _category_warnings(name: str, gt: dict, dets: dict[int, Detections], ids) -> list[str]:
+    idset = set(ids)
+    annotated = {a["category_id"] for a in gt["annotations"] if a["image_id"] in idset}
+    defined = {c["id"] for c in gt["categories"]}
+    emitted = {int(c) for i in ids for c in dets[i].classes.tolist()}
+    out = []
+    never = sorted(annotated - emitted)
+    if never:
+        out.append(f"{name} never emits categories {never[:10]}{' ...' if len(never) > 10 else ''} that the "
+                   "annotations hold on these images: their AP is 0 (wrong label map or class offset?)")
+    unknown = sorted(emitted - defined)
+    if unknown:
+        out.append(f"{name} emits category ids {unknown[:10]}{' ...' if len(unknown) > 10 else ''} the annotations "
+                   "do not define: COCO evaluation ignores those detections (wrong label map or class offset?)")
+    return out
+
+
+def evaluate_models(collected: Collected, gt: dict | None, threshold: float, bootstrap: int = 0,
+                    seed: int = 0, label_map: dict | None = None) -> tuple[dict, dict]:
+    """COCO results per model, drops against the source, agreement and fidelity.
+
+    Ground-truth mode (``gt`` given): each model's detections against the annotations. Reference
+    mode: against the source's detections scoring >= ``threshold``, with every class any model
+    emits as a category so all share one ground truth (needed for the paired bootstrap).
+    Returns ({model name: ModelAccuracy}, the reference ground truth or {}).
+    """
+    ids = sorted(collected.sizes)
+    src = collected.detections["source"]
+    all_cats = sorted({int(c) for dets in collected.detections.values() for i in ids
+                       for c in dets[i].classes.tolist()})
+    ref_gt = reference_ground_truth({i: collected.sizes[i] for i in ids}, src, threshold, all_cats, label_map)
+    if gt is None and not ref_gt["annotations"]:
+        raise DetzooError(f"the source detects nothing scoring >= {threshold} on the {len(ids)} images, so "
+                          "reference mode has nothing to compare against; give --annotations, other --images "
+                          "or a lower --reference-threshold")
+    target = gt if gt is not None else ref_gt
+    out = {}
+    for name, dets in collected.detections.items():
+        res = evaluate(target, _results(dets, ids), ids)
+        acc = ModelAccuracy(res)
+        if gt is not None:
+            acc.warnings = _category_warnings(name, gt, dets, ids)
+            acc.fidelity = evaluate(ref_gt, _results(dets, ids), ids, keep_per_image=False)
+        else:
+            acc.fidelity = res
+        if name != "source":
+            acc.agreement = agreement(((collected.keys[i], collected.sizes[i], src[i], dets[i]) for i in ids),
+                                      min_score=threshold, iou=0.5).to_json()
+        out[name] = acc
+    base = out["source"].coco
+    for name, acc in out.items():
+        acc.drop = {k: base.stats_dict[k] - v for k, v in acc.coco.stats_dict.items()
+                    if base.stats_dict[k] >= 0 and v >= 0}
+        if bootstrap and name != "source":
+            acc.drop_ci = bootstrap_drop(base, acc.coco, bootstrap, seed)
+    return out, ref_gt

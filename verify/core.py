@@ -1,0 +1,276 @@
+"""``detzoo verify``: accuracy and latency of every artifact against its source, and the accuracy gate.
+
+Reads ``DIR/manifest.json``, runs the source and each artifact on the same images (through the
+detection cache), evaluates with pycocotools, times the models apart from that pass, and writes
+``report.json`` and ``REPORT.md``; the manifest is updated last. The gate (exit 1) is raised only
+after everything is written, so a failing report can be read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from detzoo.errors import CheckFailed, DetzooError
+from detzoo.fsutil import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries, sha256_file
+from detzoo.images import decode_image, demo_dir, folder_records, ImageError
+from detzoo.manifest import MANIFEST, Manifest, machine_info, now, tool_versions
+
+REPORT_JSON, REPORT_MD, PR_ARRAYS = "report.json", "REPORT.md", "pr_arrays.npz"
+REPORT_SCHEMA = "detzoo.report/1"
+
+
+@dataclass
+class VerifyConfig:
+    """What to verify and how. ``max_drop`` is in points (mAP x 100), like the zoo's budgets."""
+
+    folder: Path
+    images: Path | None = None
+    annotations: Path | None = None
+    limit: int | None = None
+    threads: int = 1
+    latency_runs: int = 50
+    latency_images: int = 8
+    max_drop: float = 1.0
+    bootstrap: int = 0
+    seed: int = 0
+    variants: list | None = None
+    reference_threshold: float = 0.5
+    use_cache: bool = True
+
+    def __post_init__(self):
+        self.folder = Path(self.folder)
+        self.images = Path(self.images) if self.images else None
+        self.annotations = Path(self.annotations) if self.annotations else None
+        if self.annotations is not None and self.images is None:
+            raise DetzooError(f"--annotations {self.annotations} needs --images (or COCO_IMG_PATH): "
+                              "the folder its file_name entries refer to")
+        for name, low in (("limit", 1), ("threads", 1), ("latency_runs", 0), ("latency_images", 1), ("bootstrap", 0)):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < low):
+                raise DetzooError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {v!r}")
+        if not self.max_drop >= 0:
+            raise DetzooError(f"--max-drop must be >= 0 points, got {self.max_drop}")
+        if not 0 < self.reference_threshold < 1:
+            raise DetzooError(f"--reference-threshold must be in (0, 1), got {self.reference_threshold}")
+        if self.variants is not None:
+            self.variants = [v for v in self.variants if v]
+            if not self.variants:
+                raise DetzooError("--variants is empty; expected names such as fp32,fp16,int8")
+
+
+@dataclass
+class VerifyResult:
+    report: dict
+    report_json: Path
+    report_md: Path
+    failed: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+
+def _select_variants(m: Manifest, wanted) -> list[str]:
+    if not m.variants:
+        raise DetzooError("the manifest lists no artifacts to verify; run 'detzoo convert' first")
+    names = wanted or list(m.variants)
+    unknown = [n for n in names if n not in m.variants]
+    if unknown:
+        raise DetzooError(f"--variants names {', '.join(unknown)}, which the manifest does not have; "
+                          f"it has {', '.join(m.variants)}")
+    return list(dict.fromkeys(names))
+
+
+def _records(cfg: VerifyConfig):
+    """(mode, ground truth or None, image records, images dir)."""
+    if cfg.annotations is not None:
+        from detzoo.coco import coco_records, load_instances
+
+        if not cfg.images.is_dir():
+            raise DetzooError(f"images folder not found: {cfg.images}")
+        if not any(cfg.images.iterdir()):
+            raise DetzooError(f"images folder {cfg.images} is empty; expected the images of {cfg.annotations.name}")
+        gt = load_instances(cfg.annotations)
+        return "ground_truth", gt, coco_records(gt, cfg.images, cfg.limit), cfg.images
+    images = cfg.images or demo_dir("eval")
+    return "reference", None, folder_records(images, cfg.limit), images
+
+
+class _Progress:
+    """Rich progress bars on a console, or nothing."""
+
+    def __init__(self, console):
+        self.console = console
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int):
+        if self.console is None:
+            yield lambda: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=self.console, transient=True) as p:
+            t = p.add_task(description, total=total)
+            yield lambda: p.advance(t)
+
+
+def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
+    """Verify the artifacts in ``cfg.folder``; ``console`` (rich) shows progress and warnings.
+
+    Raises DetzooError for bad input before anything is written, and CheckFailed (after writing
+    the report and manifest) when an artifact's drop exceeds ``cfg.max_drop``.
+    """
+    from detzoo.runners import OrtRunner, preprocess, source_runner
+    from detzoo.source import open_source
+    from detzoo.verify.accuracy import Model, collect_detections, evaluate_models
+    from detzoo.verify.cache import DetectionCache
+    from detzoo.verify.latency import measure_latency
+    from detzoo.verify.report import render_markdown
+
+    t_start = time.perf_counter()
+    folder = cfg.folder
+    manifest = Manifest.load(folder)
+    names = _select_variants(manifest, cfg.variants)
+    artifacts = {n: manifest.checked_artifact(folder, n) for n in names}  # refuses a changed artifact
+    mode, gt, records, images_dir = _records(cfg)
+    progress = _Progress(console)
+    io_dict = manifest.io.to_dict()
+    seconds = {}
+
+    with open_source(manifest.source["path"], expected_sha256=manifest.source.get("sha256")) as src, \
+            contextlib.ExitStack() as stack:
+        def cache(sha):
+            return DetectionCache(folder, sha, io_dict) if cfg.use_cache else None
+
+        models = [Model("source", "tensorflow" if src.format.value != "tflite" else "tflite", "fp32",
+                        Path(manifest.source["path"]).name, src.sha256, int(manifest.source.get("size") or src.size),
+                        source_runner(src.format, src.path, manifest.io, cfg.threads), cache(src.sha256))]
+        for n in names:
+            v = manifest.variants[n]
+            models.append(Model(n, "onnxruntime", v.precision, v.file, v.sha256, v.size,
+                                OrtRunner(artifacts[n], manifest.io, cfg.threads, label=n), cache(v.sha256)))
+        for m in models:
+            stack.callback(m.runner.deactivate)
+
+        t0 = time.perf_counter()
+        with progress.task(f"accuracy pass ({len(models)} models)", len(records)) as advance:
+            collected = collect_detections(models, records, advance)
+        seconds["accuracy_pass"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        accuracy, _ = evaluate_models(collected, gt, cfg.reference_threshold, cfg.bootstrap, cfg.seed,
+                                      manifest.io.label_map)
+        seconds["evaluation"] = time.perf_counter() - t0
+
+        latency, latency_keys = {}, []
+        if cfg.latency_runs:
+            t0 = time.perf_counter()
+            good = [r for r in records if r.image_id in collected.sizes][:cfg.latency_images]
+            batches = []
+            for r in good:
+                with contextlib.suppress(ImageError):
+                    batches.append(preprocess(decode_image(r.path), manifest.io))
+                    latency_keys.append(r.key)
+            with progress.task(f"latency ({cfg.latency_runs} runs x {len(models)} models)", cfg.latency_runs) as adv:
+                latency = measure_latency({m.name: m.runner for m in models}, batches, cfg.latency_runs,
+                                          on_round=adv)
+            seconds["latency"] = time.perf_counter() - t0
+
+    report = _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys,
+                           models, seconds, t_start)
+    failed = report["gate"]["failed"]
+    warnings = [w for m in report["models"].values() for w in m["warnings"]]
+    for w in warnings:
+        if console is not None:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+    remove_stale_temporaries(folder)
+    with atomic_path(folder / PR_ARRAYS) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{f"{name}_precision": a.coco.precision for name, a in accuracy.items()},
+                                **{f"{name}_recall": a.coco.recall for name, a in accuracy.items()},
+                                iou_thresholds=next(iter(accuracy.values())).coco.iou_thresholds,
+                                recall_thresholds=next(iter(accuracy.values())).coco.recall_thresholds,
+                                cat_ids=np.asarray(next(iter(accuracy.values())).coco.cat_ids))
+    atomic_write_json(folder / REPORT_JSON, report)
+    atomic_write_text(folder / REPORT_MD, render_markdown(report))
+    _record_in_manifest(folder, report)  # last
+    result = VerifyResult(report, folder / REPORT_JSON, folder / REPORT_MD, failed, warnings)
+    if failed:
+        g = report["gate"]
+        detail = ", ".join(f"{n} drops {report['models'][n]['drop']['AP'] * 100:.2f}" for n in failed)
+        raise CheckFailed(f"accuracy budget broken: {detail} {g['metric']} points (max {g['max_drop_points']:g}); "
+                          f"see {folder / REPORT_MD}")
+    return result
+
+
+def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys, models,
+                  seconds, t_start) -> dict:
+    ids = sorted(collected.sizes)
+    metric = "AP" if mode == "ground_truth" else "fidelity AP"
+    src_lat = latency.get("source")
+    out_models, failed = {}, []
+    for m in models:
+        a = accuracy[m.name]
+        lat = latency.get(m.name)
+        entry = {
+            "framework": m.framework, "precision": m.precision, "file": m.file, "sha256": m.sha256, "size": m.size,
+            "coco": a.coco.to_json(),
+            "fidelity": a.fidelity.to_json() if a.fidelity is not None else None,
+            "agreement": a.agreement,
+            "drop": a.drop, "drop_ci": a.drop_ci,
+            "latency": lat.to_json() if lat else None,
+            "speedup": round(src_lat.p50_ms / lat.p50_ms, 4) if lat and src_lat and lat.p50_ms > 0 else None,
+            "inferences": collected.inferences[m.name], "cache_hits": collected.cache_hits[m.name],
+            "warnings": a.warnings,
+        }
+        out_models[m.name] = entry
+        if m.name != "source" and a.drop.get("AP") is not None and a.drop["AP"] * 100 > cfg.max_drop + 1e-9:
+            failed.append(m.name)
+    return {
+        "schema": REPORT_SCHEMA,
+        "name": manifest.name,
+        "created": now(),
+        "mode": mode,
+        "reference_threshold": cfg.reference_threshold,
+        "data": {"images_dir": str(images_dir), "annotations": str(cfg.annotations) if cfg.annotations else None,
+                 "limit": cfg.limit, "requested": len(records), "evaluated": len(ids), "image_ids": ids,
+                 "skipped": collected.skipped},
+        "gate": {"metric": metric, "max_drop_points": cfg.max_drop, "failed": failed, "passed": not failed},
+        "models": out_models,
+        "bootstrap": ({"resamples": cfg.bootstrap, "seed": cfg.seed, "confidence": 0.95, "paired_over": "images"}
+                      if cfg.bootstrap else None),
+        "latency": ({"runs": cfg.latency_runs, "warmup": next(iter(latency.values())).warmup, "images": latency_keys,
+                     "threads": cfg.threads, "inter_op_threads": 1, "batch": 1, "timed": "model call only",
+                     "order": "round-robin over models"} if latency else None),
+        "threads": cfg.threads,
+        "manifest": {"sha256": sha256_file(cfg.folder / MANIFEST), "source": manifest.source,
+                     "variants": {n: {"file": v.file, "sha256": v.sha256, "precision": v.precision, "size": v.size}
+                                  for n, v in manifest.variants.items()}},
+        "machine": machine_info(),
+        "tool_versions": tool_versions(),
+        "seconds": {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(time.perf_counter() - t_start, 3)},
+    }
+
+
+def _record_in_manifest(folder: Path, report: dict) -> None:
+    """Re-load the manifest (another stage may have added to it) and record a summary under results."""
+    m = Manifest.load(folder)
+    m.results["verify"] = {
+        "created": report["created"], "report": REPORT_JSON, "mode": report["mode"],
+        "images": report["data"]["evaluated"], "threads": report["threads"], "gate": report["gate"],
+        "models": {n: {"sha256": e["sha256"], "AP": e["coco"]["stats"]["AP"], "AP50": e["coco"]["stats"]["AP50"],
+                       "drop_points": None if "AP" not in e["drop"] else round(e["drop"]["AP"] * 100, 4),
+                       "drop_ci_points": (None if not e["drop_ci"] else
+                                          [round(e["drop_ci"]["low"] * 100, 4), round(e["drop_ci"]["high"] * 100, 4)]),
+                       "p50_ms": e["latency"]["p50_ms"] if e["latency"] else None, "speedup": e["speedup"]}
+                   for n, e in report["models"].items()},
+    }
+    m.save(folder)
