@@ -169,12 +169,26 @@ class OrtRunner(Runner):
 
     framework = "onnxruntime"
 
-    def __init__(self, path, io, threads=1, label="", optimization_level: str = "all"):
+    def __init__(self, path, io, threads=1, label="", optimization_level: str = "all", allow_unsafe_ops=False):
         super().__init__(path, io, threads, label)
         self.optimization_level = optimization_level
+        self.allow_unsafe_ops = allow_unsafe_ops
 
     def _activate(self):
+        import onnx
         import onnxruntime as ort
+        from google.protobuf.message import DecodeError
+
+        from detzoo.safety import scan_onnx
+
+        data = self.path.read_bytes()
+        try:
+            model = onnx.load_from_string(data)
+        except (DecodeError, ValueError):
+            raise DetzooError(f"{self.path.name} is not a readable ONNX model") from None
+        if not self.allow_unsafe_ops:
+            scan_onnx(model, f"ONNX model {self.path.name}")
+        del model
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
@@ -188,7 +202,7 @@ class OrtRunner(Runner):
         }[self.optimization_level]
         so.log_severity_level = 3
         try:
-            self._sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+            self._sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises several private exception types
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise DetzooError(f"{self.path.name} is not a loadable ONNX model: {first}") from None
