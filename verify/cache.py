@@ -6,8 +6,8 @@ hash of the IO spec, which decides preprocessing and class ids) and by the image
 the sha256 of the image file, so a different image under the same id is a miss, never a wrong hit.
 
 Crash safety: each entry is one line written with a single ``write`` and flushed; a process
-killed mid-write leaves at most a torn last line, which loading ignores and the next append cuts
-off first. Detections are stored as float32 values, so a cached run evaluates bit-identically.
+killed mid-write leaves at most a torn last line (no newline), which loading ignores and the next
+append cuts off first. Detections are stored as float32 values, so a cached run evaluates bit-identically.
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ class DetectionCache:
     def _load(self) -> None:
         if not self.path.is_file():
             return
-        for line in self.path.read_bytes().split(b"\n"):
+        *lines, tail = self.path.read_bytes().split(b"\n")
+        if tail:
+            self.torn_lines += 1  # no newline yet: the write was cut (an entry counts once its newline is written)
+        for line in lines:
             if not line.strip():
                 continue
             try:
