@@ -42,52 +42,62 @@ STAT_NAMES = tuple(r[0] for r in STAT_ROWS)
 # --- the result ------------------------------------------------------------------------------
 
 @dataclass
-class PerImageEval:
-    """COCOeval.evaluate()'s output for area 'all', maxDets 100, one list per category.
+class _CategoryEval:
+    """One category's per-image matches, concatenated in image order (area 'all', 100 dets)."""
 
-    ``cells[k][i]`` is None (no box of category k in image i on either side) or a tuple
-    (dt_scores [D], dt_matched bool [T, D], dt_ignored bool [T, D], n_counted_gt).
-    """
+    scores: np.ndarray   # [N] detection scores
+    matched: np.ndarray  # bool [T, N]
+    ignored: np.ndarray  # bool [T, N]
+    starts: np.ndarray   # [I] where each image's detections begin
+    lens: np.ndarray     # [I] how many it has
+    npig: np.ndarray     # [I] ground-truth boxes that count (not crowd / ignored)
+    present: np.ndarray  # bool [I]: the image has a box of this category on either side
+
+
+@dataclass
+class PerImageEval:
+    """COCOeval.evaluate()'s per-image matching for area 'all', maxDets 100, as arrays per category."""
 
     img_ids: list
     cat_ids: list
     iou_thresholds: np.ndarray
     recall_thresholds: np.ndarray
-    cells: list
+    categories: list  # _CategoryEval per category
 
     def map(self, idx: np.ndarray | None = None) -> float:
         """AP@[.5:.95] over images ``idx`` (positions, repeats allowed), as pycocotools accumulates it.
 
-        This is ``COCOeval.accumulate`` restricted to area 'all' and 100 detections, with the
-        precision envelope and recall lookup vectorized; on the identity resample it returns
-        exactly ``stats[0]`` (tested), so a resample costs milliseconds, not a full accumulate.
+        This is ``COCOeval.accumulate`` restricted to area 'all' and 100 detections, vectorized:
+        detections are gathered in resample order (as accumulate concatenates them), sorted
+        stably, and the precision envelope and recall lookup done in numpy. On any resample it
+        equals pycocotools' own accumulate on the resampled evalImgs (tested), in milliseconds.
         """
-        if idx is None:
-            idx = np.arange(len(self.img_ids))
+        idx = np.arange(len(self.img_ids)) if idx is None else np.asarray(idx, dtype=np.int64)
         T, R = len(self.iou_thresholds), len(self.recall_thresholds)
         precision = -np.ones((T, R, len(self.cat_ids)))
-        for k, row in enumerate(self.cells):
-            E = [row[i] for i in idx if row[i] is not None]
-            if not E:
+        for k, c in enumerate(self.categories):
+            if not c.present[idx].any():
                 continue
-            npig = sum(e[3] for e in E)
+            npig = int(c.npig[idx].sum())
             if npig == 0:
                 continue
-            scores = np.concatenate([e[0] for e in E])
-            order = np.argsort(-scores, kind="mergesort")
-            dtm = np.concatenate([e[1] for e in E], axis=1)[:, order]
-            dtig = np.concatenate([e[2] for e in E], axis=1)[:, order]
-            tp = np.cumsum(dtm & ~dtig, axis=1).astype(float)
-            fp = np.cumsum(~dtm & ~dtig, axis=1).astype(float)
-            nd = tp.shape[1]
+            lens = c.lens[idx]
+            total = int(lens.sum())
             q = np.zeros((T, R))
-            if nd:
+            if total:
+                ends = np.cumsum(lens)
+                gather = np.repeat(c.starts[idx] - (ends - lens), lens) + np.arange(total)
+                scores = c.scores[gather]
+                order = gather[np.argsort(-scores, kind="mergesort")]
+                dtm, dtig = c.matched[:, order], c.ignored[:, order]
+                tp = np.cumsum(dtm & ~dtig, axis=1).astype(float)
+                fp = np.cumsum(~dtm & ~dtig, axis=1).astype(float)
                 rc = tp / npig
                 pr = tp / (fp + tp + np.spacing(1))
                 pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
                 for t in range(T):
                     pos = np.searchsorted(rc[t], self.recall_thresholds, side="left")
-                    ok = pos < nd
+                    ok = pos < total
                     q[t, ok] = pr[t, pos[ok]]
             precision[:, :, k] = q
         s = precision[precision > -1]
@@ -231,22 +241,24 @@ def evaluate(gt: dict, results: list[dict], img_ids=None, keep_per_image: bool =
 
 
 def _per_image(ev) -> PerImageEval:
-    """Area 'all' slice of ``evalImgs`` (laid out [cat][area][img]) as compact arrays."""
+    """Area 'all' slice of ``evalImgs`` (laid out [cat][area][img]) as arrays per category."""
     p = ev.params
-    I, A = len(p.imgIds), len(p.areaRng)
-    cells = []
+    I, A, T = len(p.imgIds), len(p.areaRng), len(p.iouThrs)
+    cats = []
     for k in range(len(p.catIds)):
-        row = []
-        base = k * A * I  # area index 0 is 'all'
-        for i in range(I):
-            e = ev.evalImgs[base + i]
-            if e is None:
-                row.append(None)
-            else:
-                row.append((np.asarray(e["dtScores"], dtype=float), np.asarray(e["dtMatches"]) != 0,
-                            np.asarray(e["dtIgnore"]).astype(bool), int(np.count_nonzero(e["gtIgnore"] == 0))))
-        cells.append(row)
-    return PerImageEval(list(p.imgIds), list(p.catIds), np.asarray(p.iouThrs), np.asarray(p.recThrs), cells)
+        cells = ev.evalImgs[k * A * I:k * A * I + I]  # area index 0 is 'all'
+        lens = np.array([0 if e is None else len(e["dtScores"]) for e in cells], dtype=np.int64)
+        kept = [e for e in cells if e is not None and len(e["dtScores"])]
+        cats.append(_CategoryEval(
+            scores=np.concatenate([np.asarray(e["dtScores"], dtype=float) for e in kept]) if kept else np.zeros(0),
+            matched=np.concatenate([np.asarray(e["dtMatches"]) != 0 for e in kept], axis=1) if kept
+            else np.zeros((T, 0), bool),
+            ignored=np.concatenate([np.asarray(e["dtIgnore"]).astype(bool) for e in kept], axis=1) if kept
+            else np.zeros((T, 0), bool),
+            starts=np.cumsum(lens) - lens, lens=lens,
+            npig=np.array([0 if e is None else int(np.count_nonzero(e["gtIgnore"] == 0)) for e in cells]),
+            present=np.array([e is not None for e in cells], dtype=bool)))
+    return PerImageEval(list(p.imgIds), list(p.catIds), np.asarray(p.iouThrs), np.asarray(p.recThrs), cats)
 
 
 def detections_to_results(dets: dict[int, Detections]) -> list[dict]:

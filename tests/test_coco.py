@@ -110,28 +110,37 @@ def test_results_for_unknown_images_refused(shapes):
         evaluate(gt, [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}])
 
 
-def test_per_image_map_equals_stats_and_raw_accumulate_on_resample(shapes, tmp_path):
-    """The vectorized re-accumulation equals pycocotools' accumulate on a resampled evalImgs."""
-    from pycocotools.cocoeval import Params
-
+@pytest.mark.parametrize("ties", [False, True])
+def test_per_image_map_equals_stats_and_raw_accumulate_on_resample(shapes, tmp_path, ties):
+    """The vectorized re-accumulation equals pycocotools' accumulate on a resampled evalImgs
+    (built as the issue's hint says), also with tied scores and a crowd box."""
     _, ann, gt = shapes
+    gt = copy.deepcopy(gt)
+    gt["annotations"][0]["iscrowd"] = 1
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps(gt))
     results = _oracle(gt, 4.0, 3)
+    results += [{**r, "bbox": [r["bbox"][0] + 9, *r["bbox"][1:]], "score": r["score"] / 2} for r in results[::2]]
+    if ties:
+        for r in results:
+            r["score"] = round(r["score"], 1)
     r = evaluate(gt, results)
     assert r.per_image.map() == r.stats[0]
 
     raw = _raw(ann, results, tmp_path)
     p = raw.params
     I, A, K = len(p.imgIds), len(p.areaRng), len(p.catIds)
-    idx = np.random.default_rng(3).integers(0, I, I)
-    ev = copy.copy(raw)
-    ev.evalImgs = [raw.evalImgs[k * A * I + a * I + i] for k in range(K) for a in range(A) for i in idx]
-    q = copy.deepcopy(p)
-    q.imgIds = list(range(I))
-    ev.params, ev._paramsEval = q, copy.deepcopy(q)
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev.accumulate()
-        ev.summarize()
-    assert r.per_image.map(idx) == ev.stats[0]
+    for seed in range(4):
+        idx = np.random.default_rng(seed).integers(0, I, I)
+        ev = copy.copy(raw)
+        ev.evalImgs = [raw.evalImgs[k * A * I + a * I + i] for k in range(K) for a in range(A) for i in idx]
+        q = copy.deepcopy(p)
+        q.imgIds = list(range(I))
+        ev.params, ev._paramsEval = q, copy.deepcopy(q)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.accumulate()
+            ev.summarize()
+        assert r.per_image.map(idx) == ev.stats[0]
 
 
 def test_bootstrap_drop_is_paired(shapes):
