@@ -33,3 +33,51 @@ def real_fp32_copy(real_fp32_dir, tmp_path) -> Path:
     dst = tmp_path / "entry"
     shutil.copytree(real_fp32_dir, dst)
     return dst
+
+
+# --- tiny models in the shapes of real detectors (tests/fixtures) -------------------------------
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """(images_dir, annotations_json): drawn boxes with known ground truth, category ids 1 and 3."""
+    from tests.fixtures.dataset import make_shapes_dataset
+
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def shapes_saved_model(tmp_path_factory):
+    """A TF2 zoo-signature SavedModel detecting the shapes (1-based ids 1 and 3)."""
+    from tests.fixtures import models
+
+    return models.make_saved_model(tmp_path_factory.mktemp("sm"))
+
+
+@pytest.fixture(scope="session")
+def shapes_export_folder(tmp_path_factory):
+    from tests.fixtures import models
+
+    return models.make_export_folder(tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="session")
+def shapes_tflite(tmp_path_factory):
+    """The SavedModel's twin as TFLite ending in TFLite_Detection_PostProcess (0-based ids)."""
+    from tests.fixtures import models
+
+    return models.make_tflite(tmp_path_factory.mktemp("tflite"))
+
+
+@pytest.fixture(scope="session")
+def two_stage_graph(tmp_path_factory):
+    """A TF1 frozen graph shaped like Faster R-CNN: NMS, CropAndResize, per-class NMS in a While loop."""
+    from tests.fixtures import models
+
+    return models.make_two_stage_frozen_graph(tmp_path_factory.mktemp("frcnn"))
+
+
+@pytest.fixture(scope="session")
+def zoo_tarball(tmp_path_factory):
+    from tests.fixtures import models
+
+    return models.make_zoo_tarball(tmp_path_factory.mktemp("zoo"))
