@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from detzoo.errors import CheckFailed, DetzooError
-from detzoo.fsutil import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries, sha256_file
-from detzoo.images import decode_image, demo_dir, folder_records, ImageError
+from detzoo.fsutil import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from detzoo.images import ImageError, decode_image, demo_dir, folder_records
 from detzoo.manifest import MANIFEST, Manifest, machine_info, now, tool_versions
 
 REPORT_JSON, REPORT_MD, PR_ARRAYS = "report.json", "REPORT.md", "pr_arrays.npz"
@@ -178,10 +178,12 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
                 with contextlib.suppress(ImageError):
                     batches.append(preprocess(decode_image(r.path), manifest.io))
                     latency_keys.append(r.key)
-            with progress.task(f"latency ({cfg.latency_runs} runs x {len(models)} models)", cfg.latency_runs) as adv:
-                latency = measure_latency({m.name: m.runner for m in models}, batches, cfg.latency_runs,
-                                          on_round=adv)
-            seconds["latency"] = time.perf_counter() - t0
+            if batches:
+                with progress.task(f"latency ({cfg.latency_runs} runs x {len(models)} models)",
+                                   cfg.latency_runs) as adv:
+                    latency = measure_latency({m.name: m.runner for m in models}, batches, cfg.latency_runs,
+                                              on_round=adv)
+                seconds["latency"] = time.perf_counter() - t0
 
     report = _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys,
                            models, seconds, t_start)
@@ -191,7 +193,6 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
         if console is not None:
             console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
-    remove_stale_temporaries(folder)
     with atomic_path(folder / PR_ARRAYS) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **{f"{name}_precision": a.coco.precision for name, a in accuracy.items()},
@@ -251,7 +252,7 @@ def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy,
                      "threads": cfg.threads, "inter_op_threads": 1, "batch": 1, "timed": "model call only",
                      "order": "round-robin over models"} if latency else None),
         "threads": cfg.threads,
-        "manifest": {"sha256": sha256_file(cfg.folder / MANIFEST), "source": manifest.source,
+        "manifest": {"sha256_as_read": sha256_file(cfg.folder / MANIFEST), "source": manifest.source,
                      "variants": {n: {"file": v.file, "sha256": v.sha256, "precision": v.precision, "size": v.size}
                                   for n, v in manifest.variants.items()}},
         "machine": machine_info(),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from detzoo.coco import STAT_ROWS
 
-AREA_LABELS = {"all": "all", "small": "small", "medium": "medium", "large": "large"}
-
 
 def _f(v, digits=3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"

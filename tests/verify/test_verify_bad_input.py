@@ -1,7 +1,6 @@
 """Bad input to verify: one clear line, exit 2, nothing in the folder written or lost."""
 
 import json
-import shutil
 
 import pytest
 
