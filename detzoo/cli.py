@@ -135,6 +135,74 @@ def verify(folder: Path = typer.Argument(..., help="Output folder holding manife
         typer.echo(f"wrote {res.report_json} and {res.report_md}")
 
 
+@app.command()
+def build(source: Optional[Path] = typer.Argument(None, help="TF model (default: the embedded pedestrian SSDLite)"),
+          out: Path = typer.Option(..., "--out", help="Output folder: the zoo entry"),
+          images: Optional[Path] = typer.Option(None, "--images", envvar="COCO_IMG_PATH",
+                                                help="Evaluation images (default without annotations: demo frames)"),
+          annotations: Optional[Path] = typer.Option(None, "--annotations", envvar="COCO_ANNO_PATH",
+                                                     help="COCO instances JSON (ground-truth mode)"),
+          calib_images: Optional[Path] = typer.Option(None, "--calib-images",
+                                                      help="int8 calibration images (default: demo calib frames)"),
+          precisions: str = typer.Option("fp32,fp16,int8", "--precisions", help="Variants to build and verify"),
+          max_drop: float = typer.Option(1.0, "--max-drop", help="Largest allowed mAP drop, in points"),
+          threads: int = typer.Option(1, "--threads", help="Intra-op threads for TF and onnxruntime"),
+          limit: Optional[int] = typer.Option(None, "--limit", help="First N evaluation images"),
+          latency_runs: int = typer.Option(50, "--latency-runs", help="Timed runs per model"),
+          bootstrap: int = typer.Option(0, "--bootstrap", help="Resamples for a 95% CI on the drop"),
+          force: bool = typer.Option(False, "--force", help="Replace an existing entry"),
+          allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress output")):
+    """Convert, quantize and verify in one run; write the zoo entry (report.html, README.md model card)."""
+    from rich.console import Console
+
+    from detzoo.build import BuildConfig, build as run_build
+    from detzoo.errors import CheckFailed
+
+    console = None if quiet else Console(stderr=True)
+    try:
+        cfg = BuildConfig(out=out, source=source, images=images, annotations=annotations, calib_images=calib_images,
+                          precisions=precisions.split(","), max_drop=max_drop, threads=threads, limit=limit,
+                          latency_runs=latency_runs, bootstrap=bootstrap, force=force,
+                          allow_unsafe_ops=allow_unsafe_ops)
+        res = run_build(cfg, console)
+    except CheckFailed as e:
+        if not quiet and (out / "REPORT.md").is_file():
+            typer.echo((out / "REPORT.md").read_text().split("\n## ")[0].rstrip())
+        _fail(e)
+    except DetzooError as e:
+        _fail(e)
+    if not quiet:
+        typer.echo((out / "REPORT.md").read_text().split("\n## ")[0].rstrip())
+        typer.echo(f"built {out} in {res.seconds['total']:.0f}s: manifest.json, "
+                   f"{', '.join(sorted(p.name for p in out.glob('*.onnx')))}, report.json, REPORT.md, report.html, "
+                   "README.md")
+
+
+@app.command()
+def reverify(folder: Path = typer.Argument(..., help="A zoo entry made by 'detzoo build' or 'detzoo verify'"),
+             tolerance: float = typer.Option(0.002, "--tolerance", help="Allowed move of a COCO stat (AP units)"),
+             quiet: bool = typer.Option(False, "--quiet", help="No progress output")):
+    """Replay a zoo entry: check every sha256, re-run verification, exit 1 on drift."""
+    from rich.console import Console
+
+    from detzoo.verify.reverify import reverify as run_reverify
+
+    if not tolerance >= 0:
+        _fail(DetzooError(f"--tolerance must be >= 0, got {tolerance}"))
+    try:
+        res = run_reverify(folder, tolerance, None if quiet else Console(stderr=True))
+    except DetzooError as e:
+        _fail(e)
+    for line in res.lines():
+        typer.echo(line)
+    if not res.passed:
+        typer.echo(f"detzoo: error: {folder} drifted ({len(res.integrity)} integrity, {len(res.drift)} metric "
+                   "problems)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{folder}: no drift on {res.images} images")
+
+
 def main() -> None:
     """Console entry point."""
     import os

@@ -17,6 +17,12 @@ from pathlib import Path
 TMP_PREFIX = ".detzoo-tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -52,6 +58,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; published files are world-readable
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -43,6 +43,22 @@ def coco_table(stats: dict) -> list[str]:
     return lines
 
 
+def summary_table(r: dict) -> list[str]:
+    """The one-row-per-model table, shared by REPORT.md, report.html and the model card."""
+    metric = "fidelity AP" if r["mode"] == "reference" else "mAP"
+    out = [f"| variant | framework | precision | {metric} | drop, points [95% CI] | AP50 | fidelity / agreement "
+            "| p50 / p90 ms | speed-up | size MB |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in r["models"].items():
+        s = m["coco"]["stats"]
+        su = m.get("speedup")
+        out.append(f"| {name} | {m['framework']} | {m['precision']} | {_f(s['AP'])} | "
+                   f"{'-' if name == 'source' else _drop_cell(m)} | {_f(s['AP50'])} | "
+                   f"{'-' if name == 'source' else _agree_cell(m)} | {_latency_cell(m)} | "
+                   f"{'n/a' if su is None else f'{su:.2f}x'} | {m['size'] / 1e6:.2f} |")
+    return out
+
+
 def render_markdown(r: dict) -> str:
     ref = r["mode"] == "reference"
     data = r["data"]
@@ -64,16 +80,7 @@ def render_markdown(r: dict) -> str:
     verdict = "passed" if gate["passed"] else "FAILED (" + ", ".join(gate["failed"]) + ")"
     out += [f"Gate: {verdict}. Largest allowed {metric} drop: {gate['max_drop_points']:g} points.", ""]
 
-    out += [f"| variant | framework | precision | {metric} | drop, points [95% CI] | AP50 | fidelity / agreement "
-            "| p50 / p90 ms | speed-up | size MB |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in r["models"].items():
-        s = m["coco"]["stats"]
-        su = m.get("speedup")
-        out.append(f"| {name} | {m['framework']} | {m['precision']} | {_f(s['AP'])} | "
-                   f"{'-' if name == 'source' else _drop_cell(m)} | {_f(s['AP50'])} | "
-                   f"{'-' if name == 'source' else _agree_cell(m)} | {_latency_cell(m)} | "
-                   f"{'n/a' if su is None else f'{su:.2f}x'} | {m['size'] / 1e6:.2f} |")
+    out += summary_table(r)
     out.append("")
     notes = [f"drop = source - model, in points (x100); fidelity = COCO AP against the source's detections "
              f">= {r['reference_threshold']}; agreement = share of those source detections matched by the "

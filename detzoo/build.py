@@ -1,0 +1,143 @@
+"""``detzoo build``: convert -> quantize -> verify in one run, then the zoo entry's pictures and card.
+
+The one command a zoo maintainer runs. With no source it builds the embedded default: the real
+pedestrian SSDLite graph, calibrated on the demo calibration frames and verified in reference
+mode on the demo evaluation frames (the two never overlap).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from detzoo.errors import CheckFailed, DetzooError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class BuildConfig:
+    out: Path
+    source: Path | None = None
+    images: Path | None = None
+    annotations: Path | None = None
+    calib_images: Path | None = None
+    precisions: list = field(default_factory=lambda: list(PRECISIONS))
+    max_drop: float = 1.0
+    threads: int = 1
+    limit: int | None = None
+    latency_runs: int = 50
+    bootstrap: int = 0
+    force: bool = False
+    allow_unsafe_ops: bool = False
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.precisions = [p.strip() for p in self.precisions if p and p.strip()]
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad or not self.precisions:
+            raise DetzooError(f"--precisions takes a comma list of {', '.join(PRECISIONS)}; got "
+                              f"{','.join(self.precisions) or 'nothing'}")
+        if "fp32" not in self.precisions:  # every variant is made from the fp32 artifact
+            self.precisions.insert(0, "fp32")
+        if self.annotations is not None and self.images is None:
+            raise DetzooError("--annotations needs --images (or COCO_IMG_PATH)")
+        if not self.max_drop >= 0:
+            raise DetzooError(f"--max-drop must be >= 0 points, got {self.max_drop}")
+        if self.threads < 1:
+            raise DetzooError(f"--threads must be >= 1, got {self.threads}")
+        if self.limit is not None and self.limit < 1:
+            raise DetzooError(f"--limit must be >= 1, got {self.limit}")
+
+
+@dataclass
+class BuildResult:
+    folder: Path
+    report: dict
+    seconds: dict
+    passed: bool
+
+
+def build(cfg: BuildConfig, console=None) -> BuildResult:
+    """Run every stage into ``cfg.out``; raises CheckFailed (after writing everything) if the gate fails."""
+    from detzoo.convert import ConvertConfig, convert
+    from detzoo.defaults import DEFAULT_LABEL_MAP, default_model_path
+    from detzoo.verify import VerifyConfig, verify
+
+    def say(msg):
+        if console is not None:
+            console.print(msg, highlight=False)
+
+    seconds, t0 = {}, time.perf_counter()
+    source = cfg.source or default_model_path()
+    # In reference mode the user's images (if any) also serve the parity check.
+    check_images = cfg.images if cfg.annotations is None else None
+    say(f"[bold]convert[/] {source}")
+    conv = convert(ConvertConfig(source=source, out=cfg.out, force=cfg.force, threads=cfg.threads,
+                                 check_images=check_images, allow_unsafe_ops=cfg.allow_unsafe_ops,
+                                 label_map=DEFAULT_LABEL_MAP if cfg.source is None else None))
+    seconds["convert"] = round(time.perf_counter() - t0, 2)
+    if conv.parity:
+        say(f"  {conv.parity.summary()}")
+    quantized = [p for p in cfg.precisions if p != "fp32"]
+    if quantized:
+        from detzoo.quantize import QuantizeConfig, quantize
+
+        t = time.perf_counter()
+        say(f"[bold]quantize[/] {', '.join(quantized)}")
+        quantize(QuantizeConfig(folder=cfg.out, fp16="fp16" in quantized, int8="int8" in quantized,
+                                calib_images=cfg.calib_images, threads=cfg.threads,
+                                max_drop=cfg.max_drop if "int8" in quantized else None, force=True),
+                 progress=lambda msg: say(f"  {msg}"))
+        seconds["quantize"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    say("[bold]verify[/]")
+    failure = None
+    try:
+        verify(VerifyConfig(folder=cfg.out, images=cfg.images, annotations=cfg.annotations, limit=cfg.limit,
+                            threads=cfg.threads, latency_runs=cfg.latency_runs, max_drop=cfg.max_drop,
+                            bootstrap=cfg.bootstrap, variants=cfg.precisions), console)
+    except CheckFailed as e:  # the report is written; finish the entry, then fail
+        failure = e
+    seconds["verify"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    report = write_entry_pages(cfg.out)
+    seconds["pages"] = round(time.perf_counter() - t, 2)
+    seconds["total"] = round(time.perf_counter() - t0, 2)
+    if failure is not None:
+        raise failure
+    return BuildResult(cfg.out, report, seconds, passed=True)
+
+
+def report_records(report: dict):
+    """The image records a report was computed on (same ids as verify used)."""
+    from detzoo.coco import coco_records, load_instances
+    from detzoo.images import folder_records
+
+    data = report["data"]
+    if data.get("annotations"):
+        recs = coco_records(load_instances(data["annotations"]), data["images_dir"], data.get("limit"))
+    else:
+        recs = folder_records(data["images_dir"], data.get("limit"))
+    wanted = set(data["image_ids"])
+    return [r for r in recs if r.image_id in wanted]
+
+
+def write_entry_pages(folder: Path) -> dict:
+    """``report.html`` and the ``README.md`` model card, from manifest.json and report.json."""
+    from detzoo.fsutil import atomic_write_text
+    from detzoo.manifest import Manifest
+    from detzoo.verify.card import render_card
+    from detzoo.verify.html import render_html
+
+    folder = Path(folder)
+    m = Manifest.load(folder)
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DetzooError(f"cannot read {folder / 'report.json'}: {e}; run 'detzoo verify' first") from None
+    atomic_write_text(folder / "report.html", render_html(folder, report, report_records(report), m.io.to_dict()))
+    atomic_write_text(folder / "README.md", render_card(m, report))
+    return report

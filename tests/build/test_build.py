@@ -1,0 +1,92 @@
+"""`detzoo build` end to end on tiny fixtures with ground truth, report.html in a browser, reverify."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from detzoo.manifest import Manifest
+from tests.clihelp import assert_user_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_entry(tmp_path_factory, shapes_saved_model, shapes):
+    images, annotations = shapes
+    out = tmp_path_factory.mktemp("build") / "entry"
+    r = run_cli("build", shapes_saved_model, "--out", out, "--images", images, "--annotations", annotations,
+                "--precisions", "fp32", "--latency-runs", "5", "--quiet")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_entry_holds_everything(tiny_entry):
+    names = {p.name for p in tiny_entry.iterdir()}
+    assert {"manifest.json", "report.json", "REPORT.md", "report.html", "README.md"} <= names
+    assert any(n.endswith(".fp32.onnx") for n in names)
+    m = Manifest.load(tiny_entry)
+    assert m.results["verify"]["mode"] == "ground_truth"
+    report = json.loads((tiny_entry / "report.json").read_text())
+    src = report["models"]["source"]["coco"]["stats"]["AP"]
+    assert src > 0.5  # a real detector on the synthetic set
+    assert abs(report["models"]["fp32"]["drop"]["AP"]) < 1e-3
+
+
+def test_model_card_in_zoo_style(tiny_entry):
+    card = (tiny_entry / "README.md").read_text()
+    assert "| Average Precision (AP) | 0.50:0.95 | all | 100 |" in card
+    assert len(re.findall(r"^\| Average (Precision|Recall)", card, re.M)) == 12 * 2  # source + fp32
+    assert "Based on 24 images from COCO" in card and "in fp32 precision" in card
+    assert "`input_tensor`, uint8" in card and "ort.InferenceSession" in card
+    order = [card.index(f"`{n}`") for n in ("num_detections", "detection_boxes", "detection_scores",
+                                             "detection_classes")]
+    assert order == sorted(order)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed")
+def test_report_html_loads_in_headless_chromium(tiny_entry, tmp_path):
+    """As a user would: the page loads offline, every embedded image decodes, no script errors."""
+    r = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+                        (tiny_entry / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    body = re.search(r"<body[^>]*>", r.stdout)
+    assert body, r.stderr[-2000:]
+    attrs = dict(re.findall(r'data-(\w+)="(\d+)"', body.group(0)))
+    assert int(attrs["images"]) >= 6  # 4 plots + side-by-side examples
+    assert attrs["broken"] == "0" and attrs["errors"] == "0"
+
+
+def test_reverify_passes_on_untouched_entry(tiny_entry):
+    r = run_cli("reverify", tiny_entry, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "no drift" in r.output
+
+
+def test_reverify_detects_tampered_artifact(tiny_entry, tmp_path):
+    entry = tmp_path / "e"
+    shutil.copytree(tiny_entry, entry)
+    art = next(entry.glob("*.fp32.onnx"))
+    art.write_bytes(art.read_bytes() + b"\0")
+    r = run_cli("reverify", entry, "--quiet")
+    assert r.exit_code == 1 and "was modified" in r.output
+
+
+def test_reverify_detects_changed_metric(tiny_entry, tmp_path):
+    entry = tmp_path / "e"
+    shutil.copytree(tiny_entry, entry)
+    rep = json.loads((entry / "report.json").read_text())
+    rep["models"]["fp32"]["coco"]["stats"]["AP50"] -= 0.05
+    (entry / "report.json").write_text(json.dumps(rep))
+    r = run_cli("reverify", entry, "--quiet")
+    assert r.exit_code == 1 and "drift: fp32 AP50" in r.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--precisions", "fp64"], "--precisions"), (["--threads", "0"], "--threads"),
+    (["--max-drop", "-1"], "--max-drop"), (["--limit", "0"], "--limit"),
+])
+def test_build_bad_options(tmp_path, args, needle):
+    assert_user_error(run_cli("build", "--out", tmp_path / "o", *args), 2, needle)
+    assert not (tmp_path / "o").exists()
