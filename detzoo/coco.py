@@ -364,13 +364,15 @@ def check_instances(d, where: str = "annotations") -> dict:
     if missing:
         raise DetzooError(f"{where} lacks {' and '.join(repr(k) for k in missing)} lists; expected a COCO "
                           "instances file (keys: images, annotations, categories)")
-    ids = set()
+    ids, sizes = set(), {}
     for img in d["images"]:
         if not (isinstance(img, dict) and isinstance(img.get("id"), int) and isinstance(img.get("file_name"), str)):
             raise DetzooError(f"{where}: image entry {str(img)[:80]} needs an integer 'id' and a 'file_name'")
         if img["id"] in ids:
             raise DetzooError(f"{where}: image id {img['id']} appears twice; expected unique ids")
         ids.add(img["id"])
+        if isinstance(img.get("width"), (int, float)) and isinstance(img.get("height"), (int, float)):
+            sizes[img["id"]] = (img["width"], img["height"])
     if not ids:
         raise DetzooError(f"{where} lists no images")
     anns, ann_ids = [], set()
@@ -389,6 +391,15 @@ def check_instances(d, where: str = "annotations") -> dict:
             raise DetzooError(f"{where}: annotation id {a['id']} is {'not positive' if a['id'] < 1 else 'repeated'}; "
                               "expected unique ids >= 1")
         ann_ids.add(a["id"])
+        x, y, w, h = a["bbox"]
+        if w < 0 or h < 0:
+            raise DetzooError(f"{where}: annotation {a['id']} has a negative size {a['bbox']}; "
+                              "expected bbox [x, y, width, height] with width, height >= 0")
+        size = sizes.get(a["image_id"])
+        # COCO's own boxes overshoot the image by rounding; more than a pixel is a broken file.
+        if size and (x < -1 or y < -1 or x + w > size[0] + 1 or y + h > size[1] + 1):
+            raise DetzooError(f"{where}: annotation {a['id']} box {a['bbox']} lies outside its "
+                              f"{size[0]}x{size[1]} image {a['image_id']}")
         if "area" not in a or "iscrowd" not in a:
             a = {**a, "area": a.get("area", a["bbox"][2] * a["bbox"][3]), "iscrowd": a.get("iscrowd", 0)}
         anns.append(a)
@@ -397,6 +408,11 @@ def check_instances(d, where: str = "annotations") -> dict:
         cats = [{"id": c, "name": str(c)} for c in sorted({a["category_id"] for a in anns})]
     elif not all(isinstance(c, dict) and isinstance(c.get("id"), int) for c in cats):
         raise DetzooError(f"{where}: every category needs an integer 'id'")
+    else:
+        unknown = sorted({a["category_id"] for a in anns} - {c["id"] for c in cats})
+        if unknown:
+            raise DetzooError(f"{where}: annotations use category ids {unknown[:5]} that 'categories' "
+                              "does not list")
     return {**d, "annotations": anns, "categories": cats}
 
 

@@ -195,6 +195,17 @@ def open_source(origin: str | os.PathLike, expected_sha256: str | None = None) -
 
 # --- loading --------------------------------------------------------------------------------
 
+def _is_saved_model_proto(data: bytes) -> bool:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    try:
+        sm.ParseFromString(data)
+    except Exception:  # any parse failure means: not a SavedModel proto
+        return False
+    return bool(sm.meta_graphs) and any(m.graph_def.node for m in sm.meta_graphs)
+
+
 def load_graph_def(path: Path):
     import tensorflow as tf
     from google.protobuf.message import DecodeError
@@ -203,18 +214,14 @@ def load_graph_def(path: Path):
     gd = tf.compat.v1.GraphDef()
     try:
         gd.ParseFromString(data)
-    except (DecodeError, RuntimeWarning, ValueError) as e:
-        raise DetzooError(f"{path.name} is not a readable TensorFlow GraphDef ({type(e).__name__}): "
-                          "expected a frozen_inference_graph.pb") from None
-    if not gd.node:
-        from tensorflow.core.protobuf import saved_model_pb2
-        sm = saved_model_pb2.SavedModel()
-        with contextlib.suppress(Exception):
-            sm.ParseFromString(data)
-            if sm.meta_graphs:
-                raise DetzooError(f"{path.name} is a SavedModel proto, not a frozen graph; "
-                                  "pass the SavedModel folder that holds it")
-        raise DetzooError(f"{path.name} holds no graph nodes: expected a frozen_inference_graph.pb")
+        problem = None if gd.node else "holds no graph nodes"
+    except (DecodeError, RuntimeWarning, ValueError):
+        problem = "is not a readable TensorFlow GraphDef"
+    if problem:
+        if data and _is_saved_model_proto(data):
+            raise DetzooError(f"{path.name} is a SavedModel proto, not a frozen graph; "
+                              "pass the SavedModel folder that holds it")
+        raise DetzooError(f"{path.name} {problem}: expected a frozen_inference_graph.pb")
     return gd
 
 

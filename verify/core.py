@@ -158,6 +158,8 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
                                 OrtRunner(artifacts[n], manifest.io, cfg.threads, label=n), cache(v.sha256)))
         for m in models:
             stack.callback(m.runner.deactivate)
+        for m in models:  # load every model first: a broken artifact fails before any work is cached
+            m.runner.activate()
 
         t0 = time.perf_counter()
         with progress.task(f"accuracy pass ({len(models)} models)", len(records)) as advance:
