@@ -203,6 +203,51 @@ def reverify(folder: Path = typer.Argument(..., help="A zoo entry made by 'detzo
     typer.echo(f"{folder}: no drift on {res.images} images")
 
 
+@app.command()
+def quantize(folder: Path = typer.Argument(..., help="Output folder holding manifest.json and the fp32 artifact"),
+             fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="Build <name>.fp16.onnx"),
+             int8: bool = typer.Option(True, "--int8/--no-int8", help="Build <name>.int8.onnx"),
+             calib_images: Optional[Path] = typer.Option(None, "--calib-images",
+                                                         help="Calibration images (default: demo calib frames)"),
+             calib_count: Optional[int] = typer.Option(None, "--calib-count",
+                                                       help="Use the first N usable calibration images (default: all, "
+                                                            "at most 256)"),
+             calib_method: str = typer.Option("minmax", "--calib-method", help="minmax, entropy or percentile"),
+             per_channel: bool = typer.Option(True, "--per-channel/--no-per-channel", help="Per-channel int8 weights"),
+             reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--no-reduce-range",
+                                                         help="7-bit weights (default: only without VNNI)"),
+             max_drop: Optional[float] = typer.Option(None, "--max-drop",
+                                                      help="int8: largest fidelity AP drop, in points; returns the "
+                                                           "most sensitive nodes to float until it fits"),
+             check_images: Optional[Path] = typer.Option(None, "--check-images",
+                                                         help="Held-out images for fidelity (default: demo eval frames)"),
+             check_limit: Optional[int] = typer.Option(None, "--check-limit", help="Use at most N check images"),
+             threads: int = typer.Option(1, "--threads", help="Intra-op threads for onnxruntime"),
+             force: bool = typer.Option(False, "--force", help="Replace existing fp16/int8 artifacts"),
+             quiet: bool = typer.Option(False, "--quiet", help="No progress lines")):
+    """Add fp16 and int8 variants of the fp32 artifact to FOLDER and record them in its manifest."""
+    from detzoo.quantize import QuantizeConfig, quantize as run_quantize
+
+    try:
+        cfg = QuantizeConfig(folder=folder, fp16=fp16, int8=int8, calib_images=calib_images, calib_count=calib_count,
+                             calib_method=calib_method, per_channel=per_channel, reduce_range=reduce_range,
+                             max_drop=max_drop, check_images=check_images, check_limit=check_limit, threads=threads,
+                             force=force)
+        res = run_quantize(cfg, progress=None if quiet else (lambda msg: typer.echo(f"  {msg}")))
+    except DetzooError as e:
+        _fail(e)
+    for note in res.warnings:
+        typer.echo(f"detzoo: warning: {note}", err=True)
+    for name, path in res.artifacts.items():
+        f = res.fidelity[name]
+        ap = "n/a" if f["fidelity_ap"] is None else f"{f['fidelity_ap']:.4f}"
+        ap50 = "n/a" if f["fidelity_ap50"] is None else f"{f['fidelity_ap50']:.4f}"
+        typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): fidelity AP {ap}, AP50 {ap50} "
+                   f"on {f['images']} check images")
+    typer.echo(f"precision plan: {res.plan.summary()}; {len(res.plan.excluded)} network nodes kept float "
+               f"({res.seconds:.1f}s)")
+
+
 def main() -> None:
     """Console entry point."""
     import os

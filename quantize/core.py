@@ -1,0 +1,288 @@
+"""``detzoo quantize``: fp16 and int8 variants of a folder's fp32 artifact, recorded in its manifest.
+
+Both variants start from the same *prepared* model: the fp32 artifact with its batch fixed to one
+and its map_fn Loops inlined (batch1.py), then onnxruntime's basic optimizations through
+``quant_pre_process`` (constant folding, BatchNormalization folded into Conv). The precision plan
+(plan.py) then says which nodes change precision. All heavy work happens in a temporary folder;
+only at the end are the artifacts renamed into place and the manifest saved, last, so a killed run
+leaves the previous artifacts and manifest as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from detzoo.errors import CheckFailed, DetzooError
+from detzoo.fsutil import atomic_path, remove_stale_temporaries, sha256_file
+from detzoo.images import decode_image, demo_dir
+from detzoo.manifest import Manifest, Variant, machine_info
+from detzoo.quantize.batch1 import Batch1Report, specialize_batch1
+from detzoo.quantize.calibration import CalibMethod, calibrate, check_feedable, pick_calibration_images
+from detzoo.quantize.fidelity import FidelityProbe, check_image_paths
+from detzoo.quantize.plan import INT8_OPS, PrecisionPlan, ensure_node_names, make_plan
+
+DEFAULT_CALIB_LIMIT = 256  # without --calib-count: the folder's first 256 usable images
+RANK_IMAGES = 4            # calibration images the sensitivity ranking runs on
+
+
+@dataclass
+class QuantizeConfig:
+    folder: Path
+    fp16: bool = True
+    int8: bool = True
+    calib_images: Path | None = None      # default: the demo calibration frames
+    calib_count: int | None = None        # default: all usable images, at most DEFAULT_CALIB_LIMIT
+    calib_method: CalibMethod = CalibMethod.MINMAX
+    per_channel: bool = True
+    reduce_range: bool | None = None      # default: only on CPUs without an int8 dot product (VNNI)
+    max_drop: float | None = None         # AP points the int8 variant may lose on the check images
+    check_images: Path | None = None      # default: the demo evaluation frames
+    check_limit: int | None = None
+    force: bool = False
+    threads: int = 1
+
+    def __post_init__(self):
+        self.folder = Path(self.folder)
+        if not (self.fp16 or self.int8):
+            raise DetzooError("nothing to do: both --no-fp16 and --no-int8 given; expected at least one variant")
+        try:
+            self.calib_method = CalibMethod(self.calib_method)
+        except ValueError:
+            raise DetzooError(f"--calib-method must be one of {[m.value for m in CalibMethod]}, "
+                              f"got {self.calib_method!r}") from None
+        if self.calib_count is not None and self.calib_count < 1:
+            raise DetzooError(f"--calib-count must be >= 1, got {self.calib_count}")
+        if self.max_drop is not None and not 0 <= self.max_drop <= 100:
+            raise DetzooError(f"--max-drop must be between 0 and 100 AP points, got {self.max_drop}")
+        if self.max_drop is not None and not self.int8:
+            raise DetzooError("--max-drop applies to the int8 variant, but --no-int8 was given")
+        if self.check_limit is not None and self.check_limit < 1:
+            raise DetzooError(f"--check-limit must be >= 1, got {self.check_limit}")
+        if self.threads < 1:
+            raise DetzooError(f"--threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class QuantizeResult:
+    manifest: Manifest
+    artifacts: dict                     # variant name -> Path
+    fidelity: dict                      # variant name -> Fidelity.to_json()
+    plan: PrecisionPlan
+    batch1: Batch1Report
+    search: dict | None = None
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def prepare(fp32: Path, work: Path) -> tuple[Path, Batch1Report, dict]:
+    """Batch-1 specialization, then quant_pre_process; returns the prepared model's path."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model, report = specialize_batch1(onnx.load(str(fp32)))
+    ensure_node_names(model)
+    b1 = work / "batch1.onnx"
+    onnx.save(model, str(b1))
+    try:
+        import sympy  # noqa: F401  (symbolic shape inference needs it)
+        symbolic = True
+    except ImportError:
+        symbolic = False
+    out = work / "prepared.onnx"
+    with contextlib.redirect_stdout(_io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quant_pre_process(str(b1), str(out), skip_symbolic_shape=not symbolic)
+    if not out.is_file():
+        raise DetzooError(f"onnxruntime could not optimize the batch-1 model of {fp32.name}")
+    prepared = onnx.load(str(out))
+    if ensure_node_names(prepared):
+        onnx.save(prepared, str(out))
+    info = {"quant_pre_process": {"symbolic_shape_inference": symbolic, "ort_optimization": "basic",
+                                  "note": None if symbolic else "sympy not installed: ONNX shape inference only "
+                                  "(the batch-1 pass already makes every network shape static)"}}
+    return out, report, info
+
+
+def _variant_files(m: Manifest, cfg: QuantizeConfig) -> dict[str, str]:
+    wanted = [v for v, on in (("fp16", cfg.fp16), ("int8", cfg.int8)) if on]
+    return {v: f"{m.name}.{v}.onnx" for v in wanted}
+
+
+def _refuse_existing(folder: Path, m: Manifest, files: dict[str, str], force: bool) -> None:
+    if force:
+        return
+    present = [f for v, f in files.items() if v in m.variants or (folder / f).exists()]
+    if present:
+        raise DetzooError(f"{folder} already holds {', '.join(present)}; pass --force to replace "
+                          f"{'it' if len(present) == 1 else 'them'}")
+
+
+def _opset(model) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
+    """Build the requested variants, check their fidelity, then install them and update the manifest."""
+    import onnx
+
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    folder = cfg.folder
+    m = Manifest.load(folder)
+    if "fp32" not in m.variants:
+        raise DetzooError(f"manifest in {folder} has no fp32 variant; it has {sorted(m.variants)}")
+    fp32 = m.checked_artifact(folder, "fp32")
+    files = _variant_files(m, cfg)
+    _refuse_existing(folder, m, files, cfg.force)
+    notes: list[str] = []
+
+    check_folder = cfg.check_images or demo_dir("eval")
+    check_files = check_image_paths(check_folder, cfg.check_limit)
+    calib = None
+    if cfg.int8:
+        calib_folder = cfg.calib_images or demo_dir("calib")
+        count = cfg.calib_count
+        calib = pick_calibration_images(calib_folder, count, check_files)
+        if count is None and len(calib.files) > DEFAULT_CALIB_LIMIT:
+            calib = pick_calibration_images(calib_folder, DEFAULT_CALIB_LIMIT, check_files)
+        if calib.overlap:
+            notes.append(f"{len(calib.overlap)} calibration image(s) also among the check images "
+                         f"({', '.join(calib.overlap[:3])}{', ...' if len(calib.overlap) > 3 else ''}): "
+                         "their fidelity is not held-out")
+            if cfg.max_drop is not None:
+                overlap = set(calib.overlap)
+                check_files = [p for p in check_files if p.name not in overlap]
+                if not check_files:
+                    raise DetzooError(f"every check image in {check_folder} is also a calibration image; "
+                                      "--max-drop needs held-out images (pass --check-images)")
+                notes[-1] += f"; --max-drop measures on the {len(check_files)} check images that are not"
+        fp32_model = onnx.load(str(fp32), load_external_data=False)
+        check_feedable(fp32_model, m.io, decode_image(calib.files[0]))
+        del fp32_model
+
+    machine = machine_info()
+    reduce_range = cfg.reduce_range if cfg.reduce_range is not None else not machine["int8_dot_product"]
+    remove_stale_temporaries(folder)
+    with tempfile.TemporaryDirectory(prefix="detzoo-quantize-") as tmp:
+        work = Path(tmp)
+        say("preparing: batch-1 specialization and onnxruntime basic optimization")
+        prepared, b1, prep_info = prepare(fp32, work)
+        model = onnx.load(str(prepared))
+        plan = make_plan(model)
+        say(f"precision plan: {plan.summary()}")
+        probe = FidelityProbe(fp32, m.io, check_files, cfg.threads)
+        if probe.reference_boxes == 0:
+            msg = (f"the fp32 model detects nothing >= 0.5 on the {len(probe.images)} check images in "
+                   f"{check_folder}, so fidelity cannot be measured")
+            if cfg.max_drop is not None:
+                raise DetzooError(msg + "; --max-drop needs check images with detections (pass --check-images)")
+            notes.append(msg)
+        common = {"parent_sha256": m.variants["fp32"].sha256, "batch": 1, "batch1": b1.to_json(), **prep_info,
+                  "check_images": {"folder": str(check_folder), "count": len(probe.images), "ids": probe.names,
+                                   "skipped": probe.skipped}}
+        built: dict[str, tuple[Path, dict, dict]] = {}
+        fidelity: dict = {}
+
+        if cfg.fp16:
+            from detzoo.quantize.fp16 import convert_to_fp16
+
+            say("fp16: converting the network")
+            path = work / files["fp16"]
+            onnx.save(convert_to_fp16(model, set(plan.reduced())), str(path))
+            fid = probe.measure(path).to_json()
+            fidelity["fp16"] = fid
+            settings = {**common, "plan": plan.to_json(), "fp16_nodes": len(plan.reduced()),
+                        "converter": "detzoo.quantize.fp16 (plan-driven; Casts at region boundaries)"}
+            built["fp16"] = (path, settings, {"fidelity": fid})
+
+        search_json = None
+        if cfg.int8:
+            from detzoo.quantize.int8 import Int8Settings, int8_op_types, quantize_int8
+
+            settings8 = Int8Settings(calib_method=cfg.calib_method, per_channel=cfg.per_channel,
+                                     reduce_range=reduce_range)
+            cache = work / "calibration.json"
+            say(f"int8: calibrating on {len(calib.files)} images ({cfg.calib_method.value})")
+            calibrate(prepared, calib, m.io, cfg.calib_method, int8_op_types(plan), settings8.calibrator_options(),
+                      cache)
+            path = work / files["int8"]
+            quantized = quantize_int8(prepared, plan, settings8, cache, path)
+            fid = probe.measure(path)
+            say(f"int8: fidelity AP {fid.ap if fid.ap is None else round(fid.ap, 4)} with {len(quantized)} nodes quantized")
+            if cfg.max_drop is not None:
+                path, quantized, fid, search_json = _accuracy_search(cfg.max_drop, prepared, plan, settings8, cache,
+                                                                     work, files["int8"], quantized, fid, probe,
+                                                                     calib, m.io, say)
+            fidelity["int8"] = fid.to_json()
+            settings = {**common, "plan": plan.to_json(), "int8": settings8.to_json(),
+                        "reduce_range_chosen": "given" if cfg.reduce_range is not None else
+                        ("off: the CPU has an int8 dot product (VNNI)" if not reduce_range
+                         else "on: no int8 dot product (VNNI) on this CPU"),
+                        "calibration": calib.to_json(), "quantized_nodes": len(quantized),
+                        "excluded_nodes": dict(plan.excluded), "machine": machine}
+            if search_json is not None:
+                settings["accuracy_search"] = search_json
+            built["int8"] = (path, settings, {"fidelity": fid.to_json()})
+
+        # Install: artifacts first (each atomically), the manifest last.
+        for name, (path, settings, checks) in built.items():
+            dest = folder / files[name]
+            with atomic_path(dest) as t:
+                shutil.copyfile(path, t)
+            art = onnx.load(str(dest), load_external_data=False)
+            m.variants[name] = Variant(name=name, file=dest.name, precision=name, sha256=sha256_file(dest),
+                                       size=dest.stat().st_size, opset=_opset(art), parent="fp32",
+                                       settings=settings, checks=checks)
+        m.save(folder)
+    result = QuantizeResult(m, {n: folder / files[n] for n in built}, fidelity, plan, b1, search_json, notes,
+                            time.perf_counter() - t0)
+    return result
+
+
+def _accuracy_search(max_drop, prepared, plan, settings8, cache, work, file_name, quantized, fid, probe, calib, io,
+                     say):
+    """Return sensitive nodes to float, 1, 2, 4, ... at a time, until the drop fits ``max_drop``."""
+    from detzoo.quantize.int8 import quantize_int8
+    from detzoo.quantize.search import SearchLog, SearchStep, followers_of, rank_sensitivity
+
+    import onnx
+
+    log = SearchLog(max_drop)
+    path = work / file_name
+    log.steps.append(SearchStep(0, [], len(quantized), fid.to_json()))
+    if fid.drop_points <= max_drop:
+        log.met = True
+        return path, quantized, fid, log.to_json()
+    say("int8: ranking quantized nodes by per-tensor error (qdq_loss_debug)")
+    ranked = rank_sensitivity(prepared, path, plan, quantized, calib.files[:RANK_IMAGES], io)
+    model = onnx.load(str(prepared))
+    take, step = 1, 0
+    while fid.drop_points > max_drop and ranked:
+        step += 1
+        batch, ranked = ranked[:take], ranked[take:]
+        returned = []
+        for node, nsr in batch:
+            why = f"accuracy search step {step}: per-tensor noise-to-signal {nsr:.2e}"
+            for n in [node, *followers_of(model, node, set(quantized))]:
+                plan.exclude(n, why)
+                returned.append(n)
+        if not plan.reduced(INT8_OPS):
+            break
+        path = work / f"step{step}_{file_name}"
+        quantized = quantize_int8(prepared, plan, settings8, cache, path)
+        fid = probe.measure(path)
+        log.steps.append(SearchStep(step, returned, len(quantized), fid.to_json()))
+        say(f"int8: step {step}: {len(returned)} node(s) back to float, drop {fid.drop_points:.2f} points")
+        take *= 2
+    log.met = fid.drop_points <= max_drop
+    if not log.met:
+        raise CheckFailed(f"int8 cannot meet --max-drop {max_drop}: best drop {fid.drop_points:.2f} AP points "
+                          f"after returning {len(plan.excluded)} nodes to float; nothing was written")
+    return path, quantized, fid, log.to_json()

@@ -1,0 +1,207 @@
+"""int8 pass: static QDQ quantization of the plan's network nodes, tuned for onnxruntime's CPU kernels.
+
+What makes int8 fast here (measured on the real SSDLite, see benchmarks/bench_quantize.py):
+
+* uint8 asymmetric activations with int8 weights (u8s8, what VNNI's VPDPBUSD multiplies). With
+  int8 *symmetric* activations (quantize_static's default) the quantizer must keep every
+  Clip/Relu6 as a float node, so onnxruntime cannot fuse DQ-Conv-Q into QLinearConv: 37 of the 88
+  Convs then run in float between 230 DequantizeLinear and 103 QuantizeLinear nodes, and the
+  model is slower than fp32. With uint8 the Relu6 range is the output quantization range itself
+  and the Clip disappears.
+* Only the network is quantized: pre/postprocessing stays float (plan.py), which both keeps the
+  accuracy and avoids Q/DQ traffic around ops that have no int8 kernel.
+* The batch-1 pass (batch1.py) removes the map_fn Loops first, so quantization sees every node.
+* Per-channel weights: per-tensor weights cost 20+ AP points on the depthwise convolutions
+  (whose per-channel ranges differ by orders of magnitude) and are not measurably faster.
+* reduce_range (7-bit weights) only helps CPUs without VNNI, where u8s8 products can saturate the
+  16-bit intermediate of VPMADDUBSW; it is chosen from the CPU unless set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from detzoo.errors import DetzooError
+from detzoo.quantize.calibration import CalibMethod
+from detzoo.quantize.plan import INT8_OPS, PrecisionPlan
+
+
+class IntType(str, enum.Enum):
+    UINT8 = "uint8"
+    INT8 = "int8"
+
+    @property
+    def ort(self):
+        from onnxruntime.quantization import QuantType
+
+        return QuantType.QUInt8 if self is IntType.UINT8 else QuantType.QInt8
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """Typed stand-in for quantize_static's keyword arguments and its stringly ``extra_options``."""
+
+    calib_method: CalibMethod = CalibMethod.MINMAX
+    per_channel: bool = True
+    reduce_range: bool = False
+    activations: IntType = IntType.UINT8
+    weights: IntType = IntType.INT8
+    percentile: float = 99.999          # percentile calibration: the share of values kept in range
+    histogram_bins: int | None = None   # entropy/percentile: onnxruntime's default (128 / 2048) when None
+    keep_removable_activations: bool = False  # True keeps Clip/Relu nodes (blocks fusion; for debugging)
+
+    def __post_init__(self):
+        for name, enum_type in (("calib_method", CalibMethod), ("activations", IntType), ("weights", IntType)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum_type(value))
+            except ValueError:
+                raise DetzooError(f"{name.replace('_', '-')} must be one of {[e.value for e in enum_type]}, "
+                                  f"got {value!r}") from None
+        if not 50.0 < self.percentile <= 100.0:
+            raise DetzooError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.histogram_bins is not None and self.histogram_bins < 16:
+            raise DetzooError(f"histogram bins must be >= 16, got {self.histogram_bins}")
+        if self.activations is IntType.INT8 and self.weights is IntType.UINT8:
+            raise DetzooError("int8 activations with uint8 weights have no onnxruntime kernel; "
+                              "use uint8 activations or int8 weights")
+
+    @property
+    def symmetric_activations(self) -> bool:
+        return self.activations is IntType.INT8
+
+    def quantize_kwargs(self) -> dict:
+        from onnxruntime.quantization import QuantFormat
+
+        return {"quant_format": QuantFormat.QDQ, "per_channel": self.per_channel, "reduce_range": self.reduce_range,
+                "activation_type": self.activations.ort, "weight_type": self.weights.ort,
+                "calibrate_method": self.calib_method.ort}
+
+    def extra_options(self) -> dict:
+        return {"ActivationSymmetric": self.symmetric_activations, "WeightSymmetric": True,
+                "QDQKeepRemovableActivations": self.keep_removable_activations}
+
+    def calibrator_options(self) -> dict:
+        """create_calibrator's options (its own key names, not quantize_static's)."""
+        opts: dict = {"symmetric": self.symmetric_activations}
+        if self.calib_method is CalibMethod.PERCENTILE:
+            opts["percentile"] = self.percentile
+        if self.histogram_bins and self.calib_method is not CalibMethod.MINMAX:
+            opts["num_bins"] = self.histogram_bins
+            if self.calib_method is CalibMethod.ENTROPY:
+                opts["num_quantized_bins"] = min(128, self.histogram_bins)
+        return opts
+
+    def to_json(self) -> dict:
+        return {"format": "QDQ", "calib_method": self.calib_method.value, "per_channel": self.per_channel,
+                "reduce_range": self.reduce_range, "activations": f"{self.activations.value} "
+                + ("symmetric" if self.symmetric_activations else "asymmetric"),
+                "weights": f"{self.weights.value} symmetric", "percentile": self.percentile
+                if self.calib_method is CalibMethod.PERCENTILE else None,
+                "histogram_bins": self.histogram_bins, "keep_removable_activations": self.keep_removable_activations,
+                "onnxruntime_extra_options": self.extra_options()}
+
+
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm"}
+
+
+def guard_float_nodes(model, float_nodes: set[str]) -> list[str]:
+    """Keep float Conv/ConvTranspose/Gemm nodes float inside onnxruntime; returns the guarded nodes.
+
+    onnxruntime's basic-level ``WeightBiasQuantization`` transformer quantizes the float32 weights
+    of any such node that sits between a DequantizeLinear with a *scalar* scale and a
+    QuantizeLinear (the usual place of a float node inside a quantized network), per tensor and
+    silently: an excluded depthwise convolution then runs with per-tensor int8 weights, worse
+    than if it had been quantized per channel (measured on the real SSDLite: returning 12 random
+    convolutions to float dropped fidelity AP from 0.96 to 0.81). Each such node gets its own copy
+    of that DequantizeLinear with the scale and zero point repeated along the channel axis: the
+    same values, but no longer scalar, so the transformer leaves the node alone.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    shapes = {vi.name: vi.type.tensor_type.shape for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    new_nodes, guarded = {}, []
+    for n in g.node:
+        if n.name not in float_nodes or n.op_type not in WEIGHTED_OPS or not n.input:
+            continue
+        dq = producer.get(n.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in inits:
+            continue
+        scale = numpy_helper.to_array(inits[dq.input[1]])
+        if scale.size != 1:
+            continue
+        shape = shapes.get(n.input[0])
+        axis = 1  # channels (Conv) or columns (Gemm): any axis works, the values are all equal
+        if shape is None or len(shape.dim) <= axis or not shape.dim[axis].HasField("dim_value") \
+                or shape.dim[axis].dim_value < 2:
+            continue
+        c = shape.dim[axis].dim_value
+        base = f"{n.name}/float_input"
+        zp = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] in inits else None
+        g.initializer.append(numpy_helper.from_array(np.full(c, scale.reshape(-1)[0], scale.dtype), base + "_scale"))
+        inputs = [dq.input[0], base + "_scale"]
+        if zp is not None:
+            g.initializer.append(numpy_helper.from_array(np.full(c, zp.reshape(-1)[0], zp.dtype), base + "_zp"))
+            inputs.append(base + "_zp")
+        new_nodes.setdefault(dq.name, []).append(
+            helper.make_node("DequantizeLinear", inputs, [base], name=base + "_dq", axis=axis))
+        n.input[0] = base
+        guarded.append(n.name)
+    if new_nodes:
+        ordered = []
+        for n in g.node:
+            ordered.append(n)
+            ordered.extend(new_nodes.get(n.name, []))
+        del g.node[:]
+        g.node.extend(ordered)
+    return guarded
+
+
+def int8_op_types(plan: PrecisionPlan) -> list[str]:
+    return sorted({plan.op_types[n] for n in plan.reduced(INT8_OPS)})
+
+
+def quantize_int8(model_path: Path, plan: PrecisionPlan, settings: Int8Settings, cache_path: Path,
+                  out_path: Path) -> list[str]:
+    """Write the QDQ model of ``model_path`` to ``out_path`` from calibrated ranges; returns the quantized nodes.
+
+    Float network nodes are guarded so that onnxruntime keeps them float (``guard_float_nodes``).
+    """
+    import onnx
+    from onnxruntime.quantization import quantize_static
+
+    nodes = plan.reduced(INT8_OPS)
+    if not nodes:  # quantize_static reads an empty list as "quantize every node"
+        raise DetzooError("the precision plan leaves no network node to quantize")
+    with _quiet():
+        quantize_static(str(model_path), str(out_path), calibration_data_reader=None,
+                        calibration_cache_path=str(cache_path), nodes_to_quantize=nodes,
+                        nodes_to_exclude=sorted(plan.excluded), op_types_to_quantize=int8_op_types(plan),
+                        extra_options=settings.extra_options(), **settings.quantize_kwargs())
+    float_nodes = set(plan.network) - set(nodes)
+    if float_nodes:
+        model = onnx.load(str(out_path))
+        if guard_float_nodes(model, float_nodes):
+            onnx.save(model, str(out_path))
+    return nodes
+
+
+@contextlib.contextmanager
+def _quiet():
+    """quantize_static logs a pre-processing hint and per-weight warnings on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
