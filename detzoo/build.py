@@ -7,7 +7,6 @@ mode on the demo evaluation frames (the two never overlap).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,13 +130,11 @@ def write_entry_pages(folder: Path) -> dict:
     from detzoo.manifest import Manifest
     from detzoo.verify.card import render_card
     from detzoo.verify.html import render_html
+    from detzoo.verify.report import load_report
 
     folder = Path(folder)
     m = Manifest.load(folder)
-    try:
-        report = json.loads((folder / "report.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DetzooError(f"cannot read {folder / 'report.json'}: {e}; run 'detzoo verify' first") from None
+    report = load_report(folder)
     atomic_write_text(folder / "report.html", render_html(folder, report, report_records(report), m.io.to_dict()))
     atomic_write_text(folder / "README.md", render_card(m, report))
     return report

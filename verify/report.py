@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from detzoo.coco import STAT_ROWS
+from detzoo.errors import DetzooError
+
+
+def load_report(folder) -> dict:
+    """An entry's ``report.json`` (written by ``detzoo verify``)."""
+    path = Path(folder) / "report.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DetzooError(f"cannot read {path} ({type(e).__name__}); run 'detzoo verify {folder}' first") from None
 
 
 def _f(v, digits=3) -> str:

@@ -7,7 +7,6 @@ shows), and compares every COCO number with the recorded one. The entry itself i
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from detzoo.errors import DetzooError
 from detzoo.fsutil import sha256_path
 from detzoo.manifest import MANIFEST, Manifest, tool_versions
+from detzoo.verify.report import load_report
 
 DEFAULT_TOLERANCE = 0.002  # AP units: 0.2 points, above run-to-run noise of a deterministic CPU pass
 
@@ -75,10 +75,7 @@ def reverify(folder, tolerance: float = DEFAULT_TOLERANCE, console=None) -> Reve
 
     folder = Path(folder)
     m = Manifest.load(folder)
-    try:
-        recorded = json.loads((folder / "report.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DetzooError(f"cannot read {folder / 'report.json'} ({e}); reverify replays a verified entry") from None
+    recorded = load_report(folder)
     result = ReverifyResult(integrity=_integrity(folder, m))
     if result.integrity:
         return result
