@@ -164,7 +164,7 @@ def _clean_replaced(out: Path, old: Manifest | None, keep: set[str]) -> None:
     for v in old.variants.values():
         if v.file not in keep:
             (out / v.file).unlink(missing_ok=True)
-    for report in ("report.json", "REPORT.md", "report.html", "README.md"):
+    for report in ("report.json", "REPORT.md", "report.html", "README.md", "pr_arrays.npz"):
         (out / report).unlink(missing_ok=True)
 
 

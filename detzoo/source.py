@@ -110,7 +110,8 @@ class ModelSource:
     _tmp: object = field(default=None, repr=False)
 
     def describe(self) -> dict:
-        return {"path": str(self.origin), "model": str(self.path) if self.path != self.origin else None,
+        # Absolute: verify and reverify may run from another working directory.
+        return {"path": str(self.origin.resolve()), "model": str(self.path) if self.path != self.origin else None,
                 "format": self.format.value, "sha256": self.sha256, "size": self.size}
 
 
