@@ -81,3 +81,33 @@ def zoo_tarball(tmp_path_factory):
     from tests.fixtures import models
 
     return models.make_zoo_tarball(tmp_path_factory.mktemp("zoo"))
+
+
+# --- converted tiny entries ------------------------------------------------------------------
+
+def _convert(source: Path, out: Path, images: Path) -> Path:
+    from detzoo.convert import ConvertConfig, convert
+
+    convert(ConvertConfig(source=source, out=out, check_images=images))
+    return out
+
+
+@pytest.fixture(scope="session")
+def shapes_entry_dir(tmp_path_factory, shapes, shapes_saved_model) -> Path:
+    """The tiny TF2 SavedModel detector converted to fp32 ONNX (parity-checked on the shapes set)."""
+    root = tmp_path_factory.mktemp("shapes_model")
+    return _convert(shapes_saved_model, root / "entry", shapes[0])
+
+
+@pytest.fixture(scope="session")
+def tflite_entry_dir(tmp_path_factory, shapes, shapes_tflite) -> Path:
+    """Its TFLite twin (0-based class ids from TFLite_Detection_PostProcess), converted likewise."""
+    root = tmp_path_factory.mktemp("tflite_model")
+    return _convert(shapes_tflite, root / "entry", shapes[0])
+
+
+@pytest.fixture
+def shapes_entry(shapes_entry_dir, tmp_path) -> Path:
+    dst = tmp_path / "entry"
+    shutil.copytree(shapes_entry_dir, dst)
+    return dst

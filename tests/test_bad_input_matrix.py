@@ -19,20 +19,9 @@ from PIL import Image
 from tests.clihelp import assert_user_error, run_cli, snapshot
 
 
-@pytest.fixture(scope="module")
-def entry_dir(tmp_path_factory, shapes_saved_model, shapes):
-    from detzoo.convert import ConvertConfig, convert
-
-    out = tmp_path_factory.mktemp("matrix") / "entry"
-    convert(ConvertConfig(source=shapes_saved_model, out=out, check_images=shapes[0]))
-    return out
-
-
 @pytest.fixture
-def ctx(tmp_path, entry_dir, shapes, shapes_saved_model, shapes_tflite):
-    entry = tmp_path / "entry"
-    shutil.copytree(entry_dir, entry)
-    return {"tmp": tmp_path, "entry": entry, "images": shapes[0], "ann": shapes[1], "sm": shapes_saved_model,
+def ctx(tmp_path, shapes_entry, shapes, shapes_saved_model, shapes_tflite):
+    return {"tmp": tmp_path, "entry": shapes_entry, "images": shapes[0], "ann": shapes[1], "sm": shapes_saved_model,
             "tflite": shapes_tflite}
 
 

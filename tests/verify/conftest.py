@@ -8,15 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.dataset import make_shapes_dataset
-
 SHIFT = (3, 2)  # px added to every ground-truth box (x, y): the detector's mAP falls well below 1
-
-
-@pytest.fixture(scope="session")
-def shapes(tmp_path_factory) -> tuple[Path, Path]:
-    """(images_dir, annotations.json) of the synthetic shapes set, exact ground truth."""
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
 
 
 @pytest.fixture(scope="session")
@@ -29,38 +21,6 @@ def shifted_annotations(shapes) -> Path:
     out = ann.parent / "shifted.json"
     out.write_text(json.dumps(d))
     return out
-
-
-def _convert(source: Path, out: Path, images: Path) -> Path:
-    from detzoo.convert import ConvertConfig, convert
-
-    convert(ConvertConfig(source=source, out=out, check_images=images))
-    return out
-
-
-@pytest.fixture(scope="session")
-def shapes_entry_dir(tmp_path_factory, shapes) -> Path:
-    """The tiny TF2 SavedModel detector converted to fp32 ONNX (parity-checked on the shapes set)."""
-    from tests.fixtures.models import make_saved_model
-
-    root = tmp_path_factory.mktemp("shapes_model")
-    return _convert(make_saved_model(root), root / "entry", shapes[0])
-
-
-@pytest.fixture(scope="session")
-def tflite_entry_dir(tmp_path_factory, shapes) -> Path:
-    """Its TFLite twin (0-based class ids from TFLite_Detection_PostProcess), converted likewise."""
-    from tests.fixtures.models import make_tflite
-
-    root = tmp_path_factory.mktemp("tflite_model")
-    return _convert(make_tflite(root), root / "entry", shapes[0])
-
-
-@pytest.fixture
-def shapes_entry(shapes_entry_dir, tmp_path) -> Path:
-    dst = tmp_path / "entry"
-    shutil.copytree(shapes_entry_dir, dst)
-    return dst
 
 
 def add_shifted_variant(entry: Path, name: str = "shifted", shift: float = -0.03) -> str:
