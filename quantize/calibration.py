@@ -25,7 +25,9 @@ from detzoo.images import ImageError, decode_image, list_images
 from detzoo.runners import preprocess
 from detzoo.source import IOSpec
 
-CHUNK = 8  # images whose activations are held at once while calibrating
+CHUNK = 8  # images whose activations min/max calibration holds at once
+# Histogram methods take one image per call: onnxruntime stacks a call's tensors with np.asarray,
+# which fails when a tensor's shape changes between images, and merging per image is no slower.
 
 
 class CalibMethod(str, enum.Enum):
@@ -141,8 +143,10 @@ class ImageReader:
 
 
 def calibrate(model_path: Path, images: CalibrationImages, io: IOSpec, method: CalibMethod,
-              op_types: list[str], options: dict, cache_path: Path, chunk: int = CHUNK) -> Path:
+              op_types: list[str], options: dict, cache_path: Path, chunk: int | None = None) -> Path:
     """Compute tensor ranges over all calibration images, ``chunk`` at a time; save onnxruntime's cache."""
+    if chunk is None:
+        chunk = CHUNK if method is CalibMethod.MINMAX else 1
     import onnx
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 

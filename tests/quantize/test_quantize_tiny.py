@@ -1,0 +1,118 @@
+"""fp16 and int8 on the tiny TF detectors (SavedModel, TFLite twin, two-stage frozen graph)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from detzoo.fsutil import sha256_file
+from detzoo.images import decode_image, list_images
+from detzoo.manifest import Manifest
+from detzoo.quantize import QuantizeConfig, quantize
+from detzoo.runners import OrtRunner
+
+
+def _cfg(folder, split, **kw):
+    calib, check = split
+    return QuantizeConfig(folder=folder, calib_images=calib, check_images=check, **kw)
+
+
+def _copy(src, tmp_path, name="entry"):
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_fp16_and_int8_recorded_and_runnable(sm_entry, shapes_split):
+    res = quantize(_cfg(sm_entry, shapes_split, calib_count=6))
+    m = Manifest.load(sm_entry)
+    assert set(m.variants) == {"fp32", "fp16", "int8"}
+    for name in ("fp16", "int8"):
+        v = m.variants[name]
+        path = sm_entry / v.file
+        assert v.file == f"{m.name}.{name}.onnx" and v.parent == "fp32" and v.precision == name
+        assert v.sha256 == sha256_file(path) and v.size == path.stat().st_size
+        assert v.settings["parent_sha256"] == m.variants["fp32"].sha256
+        assert v.settings["plan"]["regions"]["network"]["nodes"] > 0
+        assert v.checks["fidelity"]["fidelity_ap"] >= 0.9, v.checks
+        model = onnx.load(path)
+        assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        assert [o.type.tensor_type.elem_type for o in model.graph.output] == [onnx.TensorProto.FLOAT] * 4
+        img = decode_image(list_images(shapes_split[1])[0])
+        with OrtRunner(path, m.io) as run:
+            assert len(run.detect(img)) > 0
+    s = m.variants["int8"].settings
+    assert s["calibration"]["count"] == 6 and s["calibration"]["ids"] == [p.name for p in
+                                                                           list_images(shapes_split[0])[:6]]
+    assert s["int8"]["activations"] == "uint8 asymmetric" and s["int8"]["per_channel"] is True
+    assert s["excluded_nodes"] == {} and "int8_dot_product" in s["machine"]
+    assert s["check_images"]["count"] == len(list_images(shapes_split[1]))
+    types = {n.op_type for n in onnx.load(sm_entry / m.variants["int8"].file).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= types
+    assert res.fidelity["int8"] == m.variants["int8"].checks["fidelity"]
+    assert not res.warnings
+
+
+def test_tflite_twin_quantizes(tflite_fp32_dir, shapes_split, tmp_path):
+    entry = _copy(tflite_fp32_dir, tmp_path)
+    res = quantize(_cfg(entry, shapes_split, calib_count=4))
+    assert res.fidelity["fp16"]["fidelity_ap"] >= 0.95 and res.fidelity["int8"]["fidelity_ap"] >= 0.9
+
+
+def test_two_stage_keeps_unprovable_loops_float(two_stage_fp32_dir, shapes_split, tmp_path):
+    entry = _copy(two_stage_fp32_dir, tmp_path)
+    res = quantize(_cfg(entry, shapes_split, calib_count=4))
+    loops = {r.node: r for r in res.batch1.loops}
+    assert any(r.inlined for r in loops.values()) and any(not r.inlined for r in loops.values())
+    kept = [r for r in loops.values() if not r.inlined]
+    assert all(r.reason for r in kept)
+    m = Manifest.load(entry)
+    regions = m.variants["fp16"].settings["plan"]["regions"]
+    assert regions["control_flow"]["precision"] == "float32" and "selection" in regions
+    fp16 = onnx.load(entry / m.variants["fp16"].file)
+    loop_bodies = [a.g for n in fp16.graph.node if n.op_type == "Loop" for a in n.attribute if a.name == "body"]
+    assert loop_bodies and all(i.data_type != onnx.TensorProto.FLOAT16 for b in loop_bodies for i in b.initializer)
+    assert res.fidelity["fp16"]["fidelity_ap"] >= 0.95 and res.fidelity["int8"]["fidelity_ap"] >= 0.9
+
+
+def test_overlapping_calibration_and_check_images_warn(sm_entry, shapes):
+    res = quantize(QuantizeConfig(folder=sm_entry, fp16=False, calib_images=shapes[0], check_images=shapes[0],
+                                  calib_count=4))
+    assert len(res.warnings) == 1 and "4 calibration image(s) also among the check images" in res.warnings[0]
+    assert Manifest.load(sm_entry).variants["int8"].settings["calibration"]["overlap_with_check_images"]
+
+
+def test_max_drop_zero_returns_nodes_and_records_each_step(two_stage_fp32_dir, shapes_split, tmp_path):
+    entry = _copy(two_stage_fp32_dir, tmp_path)
+    res = quantize(_cfg(entry, shapes_split, fp16=False, calib_count=6, max_drop=0.0))
+    log = res.search
+    assert log["met"] and log["steps"][-1]["drop_points"] == 0.0
+    assert log["steps"][0]["step"] == 0 and log["steps"][0]["returned_to_float"] == []
+    s = Manifest.load(entry).variants["int8"].settings
+    assert s["accuracy_search"] == log
+    if len(log["steps"]) > 1:  # the first quantization may already be exact
+        returned = [n for st in log["steps"] for n in st["returned_to_float"]]
+        assert set(returned) == set(s["excluded_nodes"]) and all("accuracy search step" in w
+                                                                  for w in s["excluded_nodes"].values())
+
+
+def test_force_replaces_atomically_and_keeps_fp32(sm_entry, shapes_split):
+    quantize(_cfg(sm_entry, shapes_split, calib_count=4))
+    first = Manifest.load(sm_entry)
+    fp32_bytes = (sm_entry / first.variants["fp32"].file).read_bytes()
+    quantize(_cfg(sm_entry, shapes_split, calib_count=6, calib_method="entropy", force=True))
+    second = Manifest.load(sm_entry)
+    assert second.variants["int8"].settings["int8"]["calib_method"] == "entropy"
+    assert second.variants["int8"].sha256 == sha256_file(sm_entry / second.variants["int8"].file)
+    assert (sm_entry / second.variants["fp32"].file).read_bytes() == fp32_bytes
+    assert not [p for p in sm_entry.iterdir() if p.name.startswith(".detzoo-tmp-")]
+
+
+def test_per_tensor_and_reduce_range_are_recorded(sm_entry, shapes_split):
+    quantize(_cfg(sm_entry, shapes_split, fp16=False, calib_count=4, per_channel=False, reduce_range=True))
+    s = Manifest.load(sm_entry).variants["int8"].settings
+    assert s["int8"]["per_channel"] is False and s["int8"]["reduce_range"] is True
+    assert s["reduce_range_chosen"] == "given"
