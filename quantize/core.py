@@ -204,10 +204,13 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
 
         search_json = None
         if cfg.int8:
-            from detzoo.quantize.int8 import Int8Settings, int8_op_types, quantize_int8
+            from detzoo.quantize.int8 import Int8Settings, int8_op_types, quantize_int8, stem_exclusions
 
             settings8 = Int8Settings(calib_method=cfg.calib_method, per_channel=cfg.per_channel,
                                      reduce_range=reduce_range)
+            plan = plan.copy()  # int8's exclusions are its own; fp16 has recorded its plan already
+            for node, why in stem_exclusions(model, plan).items():
+                plan.exclude(node, why)
             cache = work / "calibration.json"
             say(f"int8: calibrating on {len(calib.files)} images ({cfg.calib_method.value})")
             calibrate(prepared, calib, m.io, cfg.calib_method, int8_op_types(plan), settings8.calibrator_options(),
@@ -220,6 +223,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
                 path, quantized, fid, search_json = _accuracy_search(cfg.max_drop, prepared, plan, settings8, cache,
                                                                      work, files["int8"], quantized, fid, probe,
                                                                      calib, m.io, say)
+            say(f"int8: {len(plan.excluded)} network nodes kept float")
             fidelity["int8"] = fid.to_json()
             settings = {**common, "plan": plan.to_json(), "int8": settings8.to_json(),
                         "reduce_range_chosen": "given" if cfg.reduce_range is not None else
@@ -260,8 +264,9 @@ def _accuracy_search(max_drop, prepared, plan, settings8, cache, work, file_name
     if fid.drop_points <= max_drop:
         log.met = True
         return path, quantized, fid, log.to_json()
-    say("int8: ranking quantized nodes by per-tensor error (qdq_loss_debug)")
-    ranked = rank_sensitivity(prepared, path, plan, quantized, calib.files[:RANK_IMAGES], io)
+    say("int8: ranking quantized nodes by the output error each causes alone")
+    ranked = rank_sensitivity(prepared, plan, quantized, cache, settings8, calib.files[:RANK_IMAGES], io)
+    log.ranking = list(ranked)
     model = onnx.load(str(prepared))
     take, step = 1, 0
     while fid.drop_points > max_drop and ranked:
@@ -269,7 +274,7 @@ def _accuracy_search(max_drop, prepared, plan, settings8, cache, work, file_name
         batch, ranked = ranked[:take], ranked[take:]
         returned = []
         for node, nsr in batch:
-            why = f"accuracy search step {step}: per-tensor noise-to-signal {nsr:.2e}"
+            why = f"accuracy search step {step}: output noise-to-signal {nsr:.2e} when quantized alone"
             for n in [node, *followers_of(model, node, set(quantized))]:
                 plan.exclude(n, why)
                 returned.append(n)

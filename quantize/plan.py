@@ -71,6 +71,9 @@ class PrecisionPlan:
         return [n for n in self.network if n not in self.excluded
                 and (op_types is None or self.op_types[n] in op_types)]
 
+    def copy(self) -> "PrecisionPlan":
+        return PrecisionPlan(dict(self.regions), dict(self.op_types), dict(self.excluded))
+
     def exclude(self, node: str, why: str) -> None:
         if self.regions.get(node) != Region.NETWORK:
             raise KeyError(node)

@@ -127,3 +127,30 @@ def test_plan_op_types_are_what_calibration_needs():
     from detzoo.quantize.int8 import int8_op_types
 
     assert int8_op_types(make_plan(tiny_detector())) == ["Clip", "Conv"]
+
+
+def test_stem_convolution_stays_float_for_int8():
+    from detzoo.quantize.int8 import stem_exclusions
+
+    model = tiny_detector()
+    out = stem_exclusions(model, make_plan(model))
+    assert set(out) == {"conv1", "relu6_1"} and "3 input channels" in out["conv1"]
+
+
+def test_sensitivity_ranks_every_quantized_conv(tmp_path, calib_dir):
+    from detzoo.quantize.int8 import int8_op_types, quantize_int8
+    from detzoo.quantize.search import rank_sensitivity
+
+    path = tmp_path / "m.onnx"
+    model = tiny_detector()
+    onnx.save(model, path)
+    plan = make_plan(model)
+    settings = Int8Settings()
+    picked = pick_calibration_images(calib_dir, 3)
+    cache = calibrate(path, picked, _io(), CalibMethod.MINMAX, int8_op_types(plan), settings.calibrator_options(),
+                      tmp_path / "c.json")
+    quantized = quantize_int8(path, plan, settings, cache, tmp_path / "q.onnx")
+    ranked = rank_sensitivity(path, plan, quantized, cache, settings, picked.files[:2], _io())
+    assert {n for n, _ in ranked} == {"conv1", "conv2", "box_head", "score_head"}
+    scores = [e for _, e in ranked]
+    assert scores == sorted(scores, reverse=True) and all(e >= 0 for e in scores) and scores[0] > 0
