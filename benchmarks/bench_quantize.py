@@ -1,0 +1,189 @@
+"""Benchmark of ``detzoo quantize`` on the real pedestrian SSDLite: fidelity, latency and size, side by side.
+
+    /work/venv/bin/python benchmarks/bench_quantize.py [--rounds 3] [--threads 1,2] [--json out.json]
+
+Every model runs on the 40 demo evaluation frames (768x576). Fidelity is COCO AP of a model's
+detections against the TF source's detections >= 0.5 (``detzoo.coco.fidelity``). Latency is the
+model call alone (decode and preprocessing excluded), measured interleaved: for each frame every
+model runs once, in an order rotated per frame, so load from other processes hits all models
+alike; p50/p90 over frames x rounds, and each p50 as a ratio to ONNX fp32's from the same run.
+
+Rows: the TF source; ONNX fp32 (the convert artifact); fp32 batch-1 (the prepared model both
+variants start from: Loops inlined, basic ORT optimizations; not an artifact); fp16; int8 (default
+plan); int8 with --max-drop 1; and, for reference, the issue's naive int8 (quantize_static on the
+fp32 artifact with its defaults: QDQ, MinMax, int8 symmetric activations, per-channel, 25 frames).
+
+Measured on the 2-core AMD EPYC (avx512_vnni) shared with other jobs, onnxruntime 1.32, 3 rounds:
+
+| model | fidelity AP | AP50 | p50 ms 1T | p90 1T | x fp32 1T | p50 ms 2T | p90 2T | x fp32 2T | MB |
+(filled in from the run reported in the quantize notes; rerun to reproduce)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def naive_int8(fp32: Path, calib_files: list[Path], io, out: Path) -> Path:
+    """The issue's baseline: quantize_static with its defaults on the unmodified fp32 artifact."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    from detzoo.quantize.calibration import ImageReader
+
+    logging.getLogger().setLevel(logging.ERROR)
+    quantize_static(str(fp32), str(out), ImageReader(calib_files, io, "image_tensor:0"), quant_format=QuantFormat.QDQ,
+                    per_channel=True, calibrate_method=CalibrationMethod.MinMax)
+    return out
+
+
+def build_models(root: Path, say) -> tuple[dict, object, Path]:
+    from detzoo.convert import ConvertConfig, convert
+    from detzoo.defaults import default_model_path
+    from detzoo.images import demo_dir, list_images
+    from detzoo.manifest import Manifest
+    from detzoo.quantize import QuantizeConfig, quantize
+    from detzoo.quantize.core import prepare
+
+    entry = root / "entry"
+    say("convert")
+    convert(ConvertConfig(source=default_model_path(), out=entry))
+    say("quantize (fp16, int8)")
+    t = time.perf_counter()
+    quantize(QuantizeConfig(folder=entry))
+    q_seconds = time.perf_counter() - t
+    md = root / "entry_maxdrop"
+    shutil.copytree(entry, md)
+    say("quantize --no-fp16 --max-drop 1")
+    t = time.perf_counter()
+    quantize(QuantizeConfig(folder=md, fp16=False, max_drop=1.0, force=True))
+    md_seconds = time.perf_counter() - t
+    m = Manifest.load(entry)
+    m_md = Manifest.load(md)
+    say("fp32 batch-1 and the naive int8 baseline")
+    prepared, _, _ = prepare(entry / m.variants["fp32"].file, root)
+    naive = naive_int8(entry / m.variants["fp32"].file, list_images(demo_dir("calib")), m.io, root / "naive.int8.onnx")
+    models = {
+        "ONNX fp32": entry / m.variants["fp32"].file,
+        "fp32 batch-1 (prepared)": prepared,
+        "fp16": entry / m.variants["fp16"].file,
+        "int8": entry / m.variants["int8"].file,
+        "int8 --max-drop 1": md / m_md.variants["int8"].file,
+        "naive int8 (issue baseline)": naive,
+    }
+    info = {"quantize_seconds": round(q_seconds, 1), "max_drop_seconds": round(md_seconds, 1),
+            "int8_plan": m.variants["int8"].settings["plan"], "int8_excluded": m.variants["int8"].settings[
+                "excluded_nodes"], "max_drop_search": m_md.variants["int8"].settings.get("accuracy_search"),
+            "machine": m.variants["int8"].settings["machine"]}
+    return models, m, info
+
+
+def measure(models: dict, m, threads_list: list[int], rounds: int, say) -> dict:
+    from detzoo.coco import fidelity
+    from detzoo.defaults import default_model_path
+    from detzoo.detections import Detections
+    from detzoo.images import decode_image, demo_dir, list_images
+    from detzoo.runners import OrtRunner, TFGraphRunner, preprocess
+
+    files = list_images(demo_dir("eval"))
+    images = [decode_image(p) for p in files]
+    batches = [preprocess(img, m.io) for img in images]
+    sizes = {k + 1: img.shape[:2] for k, img in enumerate(images)}
+    names = ["TF source"] + list(models)
+    out = {n: {"size_mb": round(Path(models[n]).stat().st_size / 1e6, 2) if n in models else None} for n in names}
+    dets: dict = {}
+    for threads in threads_list:
+        say(f"latency, {threads} thread(s)")
+        runners = {"TF source": TFGraphRunner(default_model_path(), m.io, threads)}
+        runners.update({n: OrtRunner(p, m.io, threads) for n, p in models.items()})
+        for r in runners.values():
+            r.activate()
+            for b in batches[:3]:
+                r.infer(b)
+        times = {n: [] for n in names}
+        for rnd in range(rounds):
+            for k, b in enumerate(batches):
+                order = names[k % len(names):] + names[:k % len(names)]
+                for n in order:
+                    raw = runners[n].infer(b)
+                    times[n].append(runners[n].last_inference_time * 1e3)
+                    if rnd == 0 and threads == threads_list[0]:
+                        dets.setdefault(n, {})[k + 1] = Detections.from_od_api(
+                            *raw, image_hw=images[k].shape[:2], class_offset=m.io.class_offset)
+        for r in runners.values():
+            r.deactivate()
+        base = statistics.median(times["ONNX fp32"])
+        for n in names:
+            p50 = statistics.median(times[n])
+            out[n][f"{threads}T"] = {"p50_ms": round(p50, 2), "p90_ms": round(float(np.percentile(times[n], 90)), 2),
+                                     "ratio_to_fp32": round(p50 / base, 3), "runs": len(times[n])}
+    ref = dets["TF source"]
+    for n in names:
+        res = fidelity(ref, dets[n], sizes, threshold=0.5)
+        out[n]["fidelity_ap"], out[n]["fidelity_ap50"] = round(res.map, 4), round(res.ap50, 4)
+    return out
+
+
+def table(results: dict, threads_list: list[int]) -> str:
+    head = "| model | fidelity AP | AP50 |"
+    sep = "|---|---|---|"
+    for t in threads_list:
+        head += f" p50 ms {t}T | p90 ms {t}T | x fp32 {t}T |"
+        sep += "---|---|---|"
+    head += " MB |"
+    sep += "---|"
+    rows = [head, sep]
+    for n, r in results.items():
+        row = f"| {n} | {r['fidelity_ap']:.3f} | {r['fidelity_ap50']:.3f} |"
+        for t in threads_list:
+            x = r[f"{t}T"]
+            row += f" {x['p50_ms']:.1f} | {x['p90_ms']:.1f} | {x['ratio_to_fp32']:.2f} |"
+        row += f" {r['size_mb']:.1f} |" if r["size_mb"] is not None else " (pb) |"
+        rows.append(row)
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3, help="passes over the 40 frames per thread count")
+    ap.add_argument("--threads", default="1,2", help="intra-op thread counts, e.g. 1,2")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    threads_list = [int(t) for t in args.threads.split(",")]
+
+    def say(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
+        models, m, info = build_models(Path(tmp), say)
+        results = measure(models, m, threads_list, args.rounds, say)
+    print(table(results, threads_list))
+    excluded = info["int8_excluded"]
+    regions = ", ".join(f"{k} {v['nodes']}" for k, v in info["int8_plan"]["regions"].items())
+    print(f"\nint8 plan: {regions} nodes; kept float in the network: {len(excluded)} ({', '.join(sorted(excluded))})")
+    search = info["max_drop_search"]
+    if search:
+        print("--max-drop 1 steps: " + "; ".join(f"step {s['step']}: {len(s['returned_to_float'])} back to float, "
+                                                 f"AP {s['fidelity_ap']:.3f}" for s in search["steps"]))
+    print(f"quantize took {info['quantize_seconds']}s (fp16 + int8), {info['max_drop_seconds']}s with --max-drop 1; "
+          f"CPU {info['machine']['cpu']}, int8 dot product (VNNI): {info['machine']['int8_dot_product']}")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "info": info}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
