@@ -82,8 +82,9 @@ class Runner(abc.ABC):
         self.last_inference_time = time.perf_counter() - t0
         return out
 
-    def detect(self, image: np.ndarray) -> Detections:
-        raw = self.infer(preprocess(image, self.io))
+    def detect(self, image: np.ndarray, batch: np.ndarray | None = None) -> Detections:
+        """``batch``: ``preprocess(image, self.io)`` when the caller already made it for another model."""
+        raw = self.infer(preprocess(image, self.io) if batch is None else batch)
         return Detections.from_od_api(*raw, image_hw=image.shape[:2], class_offset=self.io.class_offset)
 
 

@@ -14,7 +14,7 @@ from detzoo.coco import CocoResult, bootstrap_drop, evaluate, reference_ground_t
 from detzoo.detections import Detections, agreement
 from detzoo.errors import DetzooError
 from detzoo.images import ImageError, ImageRecord, decode_image
-from detzoo.runners import Runner
+from detzoo.runners import Runner, preprocess
 
 from detzoo.verify.cache import DetectionCache, image_sha256
 
@@ -41,46 +41,105 @@ class Collected:
     skipped: list               # [{"file", "image_id", "error"}]
     inferences: dict            # model name -> images actually run (the rest came from the cache)
     cache_hits: dict
+    inference_seconds: dict = field(default_factory=dict)  # model name -> summed model-call time
+
+
+PREFETCH = 2  # images read, hashed, decoded and preprocessed ahead of the models (memory stays flat)
+
+
+@dataclass
+class _Prepared:
+    """One image made ready off the main thread: its hash, cache hits, pixels and model batches."""
+
+    record: ImageRecord
+    sha: str | None = None
+    cached: dict = field(default_factory=dict)   # model name -> CachedImage or None
+    image: object = None                         # RGB uint8 array, when some model must run
+    batches: dict = field(default_factory=dict)  # id(IOSpec) -> preprocessed batch
+    error: str | None = None
+
+
+def _prepare(models: list[Model], rec: ImageRecord) -> _Prepared:
+    try:
+        sha = image_sha256(rec.path)
+    except OSError as e:
+        return _Prepared(rec, error=f"cannot read: {e.strerror or e}")
+    p = _Prepared(rec, sha, {m.name: m.cache.get(rec.image_id, sha) if m.cache else None for m in models})
+    if all(c is not None for c in p.cached.values()):
+        return p
+    try:
+        p.image = decode_image(rec.path)
+    except ImageError as e:  # never cached: merging shards skips it again, as each shard did
+        p.error = str(e)
+        return p
+    for m in models:  # models sharing an IO spec share one batch
+        if p.cached[m.name] is None and id(m.runner.io) not in p.batches:
+            p.batches[id(m.runner.io)] = preprocess(p.image, m.runner.io)
+    return p
+
+
+def _prefetched(models: list[Model], records: list[ImageRecord]):
+    """``_prepare`` each record in a background thread, ``PREFETCH`` ahead, yielded in order.
+
+    Reading, hashing and decoding (PIL and hashlib release the GIL) overlap the models' inference
+    of the previous image instead of adding to it.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    if PREFETCH < 1:
+        yield from (_prepare(models, rec) for rec in records)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="detzoo-prefetch") as pool:
+        pending = deque()
+        it = iter(records)
+        try:
+            for rec in it:
+                pending.append(pool.submit(_prepare, models, rec))
+                if len(pending) > PREFETCH:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def collect_detections(models: list[Model], records: list[ImageRecord],
-                       advance: Callable[[], None] | None = None) -> Collected:
-    """Each image is decoded once and fed to every model that has no cached result for it."""
+                       advance: Callable[[], None] | None = None, cache_only: bool = False) -> Collected:
+    """Each image is decoded once (ahead, in a background thread), preprocessed once per IO spec,
+    and fed to every model that has no cached result for it. ``cache_only`` (merging shards): a
+    missing result is an error, not a run."""
     dets = {m.name: {} for m in models}
     sizes, keys, skipped = {}, {}, []
     runs = {m.name: 0 for m in models}
     hits = {m.name: 0 for m in models}
-    for rec in records:
-        try:
-            sha = image_sha256(rec.path)
-        except OSError as e:
-            skipped.append({"file": rec.key, "image_id": rec.image_id, "error": f"cannot read: {e.strerror or e}"})
+    infer_s = {m.name: 0.0 for m in models}
+    for p in _prefetched(models, records):
+        rec = p.record
+        if p.error is not None:
+            skipped.append({"file": rec.key, "image_id": rec.image_id, "error": p.error})
             if advance:
                 advance()
             continue
-        cached = {m.name: m.cache.get(rec.image_id, sha) if m.cache else None for m in models}
-        image = None
-        if any(c is None for c in cached.values()):
-            try:
-                image = decode_image(rec.path)
-            except ImageError as e:
-                skipped.append({"file": rec.key, "image_id": rec.image_id, "error": str(e)})
-                if advance:
-                    advance()
-                continue
+        missing = [n for n, c in p.cached.items() if c is None]
+        if cache_only and missing:
+            raise DetzooError(f"no detections of {missing[0]} for image {rec.key} (id {rec.image_id}) in the "
+                              "cache; every shard must have run on the same images and models")
         for m in models:
-            c = cached[m.name]
+            c = p.cached[m.name]
             if c is not None:
                 dets[m.name][rec.image_id] = c.detections
                 sizes[rec.image_id] = c.hw
                 hits[m.name] += 1
                 continue
-            d = m.runner.detect(image)
+            d = m.runner.detect(p.image, p.batches[id(m.runner.io)])
             runs[m.name] += 1
+            infer_s[m.name] += m.runner.last_inference_time
             if m.cache:
-                m.cache.put(rec.image_id, sha, image.shape[:2], d)
+                m.cache.put(rec.image_id, p.sha, p.image.shape[:2], d)
             dets[m.name][rec.image_id] = d
-            sizes[rec.image_id] = tuple(image.shape[:2])
+            sizes[rec.image_id] = tuple(p.image.shape[:2])
         keys[rec.image_id] = rec.key
         if advance:
             advance()
@@ -88,7 +147,7 @@ def collect_detections(models: list[Model], records: list[ImageRecord],
         raise DetzooError(f"none of the {len(records)} images could be decoded "
                           f"(first: {skipped[0]['file']}: {skipped[0]['error']})" if skipped
                           else "no images to verify")
-    return Collected(dets, sizes, keys, skipped, runs, hits)
+    return Collected(dets, sizes, keys, skipped, runs, hits, infer_s)
 
 
 @dataclass

@@ -34,18 +34,23 @@ def io_digest(io_dict: dict) -> str:
 
 
 class DetectionCache:
-    """Detections of one model: ``get(image_id, image_sha)`` and ``put(...)`` (appends at once)."""
+    """Detections of one model: ``get(image_id, image_sha)`` and ``put(...)`` (appends at once).
 
-    def __init__(self, folder: str | os.PathLike, model_sha256: str, io_dict: dict):
-        self.path = Path(folder) / CACHE_DIR / f"{model_sha256}-{io_digest(io_dict)}.jsonl"
+    ``tag`` (a shard such as ``shard-2-of-4``) makes ``put`` append to a file of its own, so shards
+    running at once, on one machine or on several sharing the folder, never write the same file.
+    Every file of the model is read, which is what lets ``detzoo merge`` evaluate their union.
+    """
+
+    def __init__(self, folder: str | os.PathLike, model_sha256: str, io_dict: dict, tag: str | None = None):
+        stem = f"{model_sha256}-{io_digest(io_dict)}"
+        self.path = Path(folder) / CACHE_DIR / (f"{stem}.jsonl" if tag is None else f"{stem}.{tag}.jsonl")
         self.entries: dict[tuple[int, str], CachedImage] = {}
         self.torn_lines = 0
-        self._load()
+        for p in sorted(self.path.parent.glob(f"{stem}*.jsonl")) if self.path.parent.is_dir() else ():
+            self._load(p)
 
-    def _load(self) -> None:
-        if not self.path.is_file():
-            return
-        *lines, tail = self.path.read_bytes().split(b"\n")
+    def _load(self, path: Path) -> None:
+        *lines, tail = path.read_bytes().split(b"\n")
         if tail:
             self.torn_lines += 1  # no newline yet: the write was cut (an entry counts once its newline is written)
         for line in lines:

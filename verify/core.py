@@ -41,6 +41,7 @@ class VerifyConfig:
     variants: list | None = None
     reference_threshold: float = 0.5
     use_cache: bool = True
+    cache_only: bool = False  # merging shards: every detection must come from the cache
 
     def __post_init__(self):
         self.folder = Path(self.folder)
@@ -55,6 +56,8 @@ class VerifyConfig:
                 raise DetzooError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {v!r}")
         if not self.max_drop >= 0:
             raise DetzooError(f"--max-drop must be >= 0 points, got {self.max_drop}")
+        if self.cache_only and not self.use_cache:
+            raise DetzooError("cache_only needs use_cache: merged shards are read from the detection cache")
         if not 0 < self.reference_threshold < 1:
             raise DetzooError(f"--reference-threshold must be in (0, 1), got {self.reference_threshold}")
         if self.variants is not None:
@@ -127,10 +130,9 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
     Raises DetzooError for bad input before anything is written, and CheckFailed (after writing
     the report and manifest) when an artifact's drop exceeds ``cfg.max_drop``.
     """
-    from detzoo.runners import OrtRunner, preprocess, source_runner
+    from detzoo.runners import preprocess
     from detzoo.source import open_source
-    from detzoo.verify.accuracy import Model, collect_detections, evaluate_models
-    from detzoo.verify.cache import DetectionCache
+    from detzoo.verify.accuracy import collect_detections, evaluate_models
     from detzoo.verify.latency import measure_latency
     from detzoo.verify.report import render_markdown
 
@@ -141,30 +143,19 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
     artifacts = {n: manifest.checked_artifact(folder, n) for n in names}  # refuses a changed artifact
     mode, gt, records, images_dir = _records(cfg)
     progress = _Progress(console)
-    io_dict = manifest.io.to_dict()
     seconds = {}
 
     with open_source(manifest.source["path"], expected_sha256=manifest.source.get("sha256")) as src, \
             contextlib.ExitStack() as stack:
-        def cache(sha):
-            return DetectionCache(folder, sha, io_dict) if cfg.use_cache else None
-
-        models = [Model("source", "tensorflow" if src.format.value != "tflite" else "tflite", "fp32",
-                        Path(manifest.source["path"]).name, src.sha256, int(manifest.source.get("size") or src.size),
-                        source_runner(src.format, src.path, manifest.io, cfg.threads), cache(src.sha256))]
-        for n in names:
-            v = manifest.variants[n]
-            models.append(Model(n, "onnxruntime", v.precision, v.file, v.sha256, v.size,
-                                OrtRunner(artifacts[n], manifest.io, cfg.threads, label=n), cache(v.sha256)))
-        for m in models:
-            stack.callback(m.runner.deactivate)
-        for m in models:  # load every model first: a broken artifact fails before any work is cached
-            m.runner.activate()
+        t0 = time.perf_counter()
+        models = open_models(cfg, manifest, names, artifacts, src, stack)
+        seconds["load"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         with progress.task(f"accuracy pass ({len(models)} models)", len(records)) as advance:
-            collected = collect_detections(models, records, advance)
+            collected = collect_detections(models, records, advance, cache_only=cfg.cache_only)
         seconds["accuracy_pass"] = time.perf_counter() - t0
+        seconds["inference"] = sum(collected.inference_seconds.values())
 
         t0 = time.perf_counter()
         accuracy, _ = evaluate_models(collected, gt, cfg.reference_threshold, cfg.bootstrap, cfg.seed,
@@ -212,6 +203,35 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
         raise CheckFailed(f"accuracy budget broken: {detail} {g['metric']} points (max {g['max_drop_points']:g}); "
                           f"see {folder / REPORT_MD}")
     return result
+
+
+def open_models(cfg: VerifyConfig, manifest: Manifest, names: list, artifacts: dict, src, stack,
+                cache_tag: str | None = None, load: bool = True) -> list:
+    """The source and each variant as ``Model``s with their caches (``cache_tag``: a shard's own
+    cache files), closed by ``stack``. ``load``: load every model now, so a broken artifact fails
+    before any work is cached and model loading is not counted in the accuracy pass."""
+    from detzoo.runners import OrtRunner, source_runner
+    from detzoo.verify.accuracy import Model
+    from detzoo.verify.cache import DetectionCache
+
+    io_dict = manifest.io.to_dict()
+
+    def cache(sha):
+        return DetectionCache(cfg.folder, sha, io_dict, cache_tag) if cfg.use_cache else None
+
+    models = [Model("source", "tensorflow" if src.format.value != "tflite" else "tflite", "fp32",
+                    Path(manifest.source["path"]).name, src.sha256, int(manifest.source.get("size") or src.size),
+                    source_runner(src.format, src.path, manifest.io, cfg.threads), cache(src.sha256))]
+    for n in names:
+        v = manifest.variants[n]
+        models.append(Model(n, "onnxruntime", v.precision, v.file, v.sha256, v.size,
+                            OrtRunner(artifacts[n], manifest.io, cfg.threads, label=n), cache(v.sha256)))
+    for m in models:
+        stack.callback(m.runner.deactivate)
+    if load:
+        for m in models:
+            m.runner.activate()
+    return models
 
 
 def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys, models,
