@@ -223,6 +223,9 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
                                                          help="Held-out images for fidelity (default: demo eval frames)"),
              check_limit: Optional[int] = typer.Option(None, "--check-limit", help="Use at most N check images"),
              threads: int = typer.Option(1, "--threads", help="Intra-op threads for onnxruntime"),
+             fp32_batch1: bool = typer.Option(False, "--fp32-batch1",
+                                              help="Also add <name>.fp32-batch1.onnx: fp32 with Loops inlined "
+                                                   "(parity-checked)"),
              force: bool = typer.Option(False, "--force", help="Replace existing fp16/int8 artifacts"),
              quiet: bool = typer.Option(False, "--quiet", help="No progress lines")):
     """Add fp16 and int8 variants of the fp32 artifact to FOLDER and record them in its manifest."""
@@ -232,7 +235,7 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
         cfg = QuantizeConfig(folder=folder, fp16=fp16, int8=int8, calib_images=calib_images, calib_count=calib_count,
                              calib_method=calib_method, per_channel=per_channel, reduce_range=reduce_range,
                              max_drop=max_drop, check_images=check_images, check_limit=check_limit, threads=threads,
-                             force=force)
+                             force=force, fp32_batch1=fp32_batch1)
         res = run_quantize(cfg, progress=None if quiet else (lambda msg: typer.echo(f"  {msg}")))
     except DetzooError as e:
         _fail(e)
@@ -244,8 +247,11 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
         ap50 = "n/a" if f["fidelity_ap50"] is None else f"{f['fidelity_ap50']:.4f}"
         typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): fidelity AP {ap}, AP50 {ap50} "
                    f"on {f['images']} check images")
-    typer.echo(f"precision plan: {res.plan.summary()}; {len(res.plan.excluded)} network nodes kept float "
-               f"({res.seconds:.1f}s)")
+    typer.echo(f"precision plan ({res.seconds:.1f}s):")
+    for region, entry in res.plan.to_json()["regions"].items():
+        typer.echo(f"  {region:17s} {entry['nodes']:4d} nodes  {entry['precision'].split(' ')[0]:8s} {entry['why']}")
+    if res.plan.excluded:
+        typer.echo(f"  int8 keeps {len(res.plan.excluded)} network nodes float (reasons in manifest.json)")
 
 
 def main() -> None:

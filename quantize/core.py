@@ -47,10 +47,11 @@ class QuantizeConfig:
     check_limit: int | None = None
     force: bool = False
     threads: int = 1
+    fp32_batch1: bool = False             # also install the prepared fp32 model (batch 1, Loops inlined)
 
     def __post_init__(self):
         self.folder = Path(self.folder)
-        if not (self.fp16 or self.int8):
+        if not (self.fp16 or self.int8 or self.fp32_batch1):
             raise DetzooError("nothing to do: both --no-fp16 and --no-int8 given; expected at least one variant")
         try:
             self.calib_method = CalibMethod(self.calib_method)
@@ -111,8 +112,8 @@ def prepare(fp32: Path, work: Path) -> tuple[Path, Batch1Report, dict]:
 
 
 def _variant_files(m: Manifest, cfg: QuantizeConfig) -> dict[str, str]:
-    wanted = [v for v, on in (("fp16", cfg.fp16), ("int8", cfg.int8)) if on]
-    return {v: f"{m.name}.{v}.onnx" for v in wanted}
+    wanted = [v for v, on in (("fp32_batch1", cfg.fp32_batch1), ("fp16", cfg.fp16), ("int8", cfg.int8)) if on]
+    return {v: f"{m.name}.{v.replace('_', '-')}.onnx" for v in wanted}
 
 
 def _refuse_existing(folder: Path, m: Manifest, files: dict[str, str], force: bool) -> None:
@@ -190,6 +191,21 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
         built: dict[str, tuple[Path, dict, dict]] = {}
         fidelity: dict = {}
 
+        if cfg.fp32_batch1:
+            say("fp32 batch-1: checking the prepared model against the fp32 artifact")
+            path = work / files["fp32_batch1"]
+            shutil.copyfile(prepared, path)
+            parity = _parity(fp32, path, m.io, probe, cfg.threads)
+            fid = probe.measure(path).to_json()
+            fidelity["fp32_batch1"] = fid
+            if not parity["passed"]:
+                raise CheckFailed(f"the batch-1 fp32 model does not match {fp32.name}: max |score diff| "
+                                  f"{parity['max_score_diff']:.2e}, max |box diff| {parity['max_box_diff']:.2e} "
+                                  "(tolerance 1e-4); nothing was written")
+            built["fp32_batch1"] = (path, {**common, "precision_note": "fp32, batch fixed to 1, Loops inlined, "
+                                           "onnxruntime basic optimizations applied"},
+                                    {"parity": parity, "fidelity": fid})
+
         if cfg.fp16:
             from detzoo.quantize.fp16 import convert_to_fp16
 
@@ -241,13 +257,33 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
             with atomic_path(dest) as t:
                 shutil.copyfile(path, t)
             art = onnx.load(str(dest), load_external_data=False)
-            m.variants[name] = Variant(name=name, file=dest.name, precision=name, sha256=sha256_file(dest),
+            m.variants[name] = Variant(name=name, file=dest.name, precision=name.split("_")[0],
+                                       sha256=sha256_file(dest),
                                        size=dest.stat().st_size, opset=_opset(art), parent="fp32",
                                        settings=settings, checks=checks)
         m.save(folder)
     result = QuantizeResult(m, {n: folder / files[n] for n in built}, fidelity, plan, b1, search_json, notes,
                             time.perf_counter() - t0)
     return result
+
+
+def _parity(fp32: Path, candidate: Path, io, probe: FidelityProbe, threads: int) -> dict:
+    """The convert stage's parity figures (matched detections' score and box differences) on the check images."""
+    from detzoo.convert.parity import ParityTolerance
+    from detzoo.detections import agreement
+    from detzoo.images import decode_image as decode
+    from detzoo.runners import OrtRunner
+
+    tol = ParityTolerance()
+    with OrtRunner(fp32, io, threads) as a, OrtRunner(candidate, io, threads) as b:
+        pairs = []
+        for k, p in probe.images:
+            img = decode(p)
+            pairs.append((p.name, img.shape[:2], a.detect(img), b.detect(img)))
+    ag = agreement(pairs, tol.min_score, tol.iou)
+    passed = (ag.max_score_diff <= tol.score_atol and ag.max_box_diff <= tol.box_atol
+              and ag.unmatched_reference + ag.unmatched_candidate <= tol.max_unmatched)
+    return {"passed": passed, **ag.to_json(), "tolerance": {"score_atol": tol.score_atol, "box_atol": tol.box_atol}}
 
 
 def _accuracy_search(max_drop, prepared, plan, settings8, cache, work, file_name, quantized, fid, probe, calib, io,

@@ -48,21 +48,20 @@ class FidelityProbe:
         self.images: list[tuple[int, Path]] = []
         self.skipped: list[str] = []
         self.sizes: dict[int, tuple[int, int]] = {}
-        decoded = []
-        for p in images:
-            try:
-                img = decode_image(p)
-            except ImageError as e:
-                self.skipped.append(str(e))
-                continue
-            k = len(self.images) + 1
-            self.images.append((k, p))
-            self.sizes[k] = img.shape[:2]
-            decoded.append((k, img))
+        self.reference: dict[int, Detections] = {}
+        with OrtRunner(reference, io, threads) as run:
+            for p in images:  # one decoded image at a time: hundreds of check images stay cheap
+                try:
+                    img = decode_image(p)
+                except ImageError as e:
+                    self.skipped.append(str(e))
+                    continue
+                k = len(self.images) + 1
+                self.images.append((k, p))
+                self.sizes[k] = img.shape[:2]
+                self.reference[k] = run.detect(img)
         if not self.images:
             raise DetzooError(f"no usable check images among {len(images)} given")
-        with OrtRunner(reference, io, threads) as run:
-            self.reference = {k: run.detect(img) for k, img in decoded}
         self.reference_boxes = sum(len(d.above(THRESHOLD)) for d in self.reference.values())
 
     @property

@@ -119,3 +119,14 @@ def test_per_tensor_and_reduce_range_are_recorded(sm_entry, shapes_split):
     s = Manifest.load(sm_entry).variants["int8"].settings
     assert s["int8"]["per_channel"] is False and s["int8"]["reduce_range"] is True
     assert s["reduce_range_chosen"] == "given"
+
+
+def test_fp32_batch1_variant_is_parity_checked(sm_entry, shapes_split):
+    res = quantize(_cfg(sm_entry, shapes_split, fp16=False, int8=False, fp32_batch1=True))
+    m = Manifest.load(sm_entry)
+    v = m.variants["fp32_batch1"]
+    assert v.file == f"{m.name}.fp32-batch1.onnx" and v.precision == "fp32" and v.parent == "fp32"
+    assert v.checks["parity"]["passed"] and v.checks["parity"]["max_score_diff"] <= 1e-4
+    assert res.fidelity["fp32_batch1"]["fidelity_ap"] == 1.0
+    model = onnx.load(sm_entry / v.file)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
