@@ -111,6 +111,14 @@ def verify(folder: Path = typer.Argument(..., help="Output folder holding manife
            variants: Optional[List[str]] = typer.Option(None, "--variants", help="Variants to verify, e.g. fp32,int8"),
            reference_threshold: float = typer.Option(0.5, "--reference-threshold",
                                                      help="Reference mode: source detections >= this are the truth"),
+           shard: Optional[str] = typer.Option(None, "--shard", help="K/N: run only shard K of N (every N-th "
+                                               "image) into DIR's cache; 'detzoo merge DIR' then reports"),
+           ray: bool = typer.Option(False, "--ray", help="Run one Ray task per (model, shard), then report"),
+           ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
+                                                     help="With --ray: cluster address ('auto', 'ray://head:10001'; "
+                                                          "default: start a local cluster)"),
+           shards: Optional[int] = typer.Option(None, "--shards", help="With --ray: shards per model "
+                                                "(default: cluster CPUs / --threads)"),
            quiet: bool = typer.Option(False, "--quiet", help="No progress bars, warnings or summary")):
     """Measure every artifact against its source (COCO AP, agreement, latency); exit 1 if a drop exceeds --max-drop."""
     from rich.console import Console
@@ -123,7 +131,58 @@ def verify(folder: Path = typer.Argument(..., help="Output folder holding manife
         cfg = VerifyConfig(folder=folder, images=images, annotations=annotations, limit=limit, threads=threads,
                            latency_runs=latency_runs, max_drop=max_drop, bootstrap=bootstrap,
                            variants=_split_names(variants), reference_threshold=reference_threshold)
-        res = run_verify(cfg, console)
+        if shard is not None and ray:
+            raise DetzooError("--shard and --ray exclude each other: --shard runs one shard here, --ray runs all")
+        if shards is not None and not ray:
+            raise DetzooError("--shards is for --ray; run one shard with --shard K/N")
+        if shard is not None:
+            from detzoo.verify.shard import Shard, verify_shard
+
+            sres = verify_shard(cfg, Shard.parse(shard), console)
+            typer.echo(f"shard {sres.shard}: {sres.evaluated} of {sres.images} images through every model in "
+                       f"{sres.seconds:.1f}s ({len(sres.skipped)} skipped); wrote {sres.record}. When all shards "
+                       f"are done: detzoo merge {folder}")
+            return
+        if ray:
+            from detzoo.verify.distributed import RayOptions, verify_ray
+
+            res = verify_ray(cfg, RayOptions(address=ray_address, shards=shards), console)
+        else:
+            res = run_verify(cfg, console)
+    except CheckFailed as e:
+        if not quiet:
+            typer.echo((folder / "REPORT.md").read_text().split("\n## ")[0].rstrip())
+        _fail(e)
+    except DetzooError as e:
+        _fail(e)
+    if not quiet:
+        typer.echo(res.report_md.read_text().split("\n## ")[0].rstrip())
+        typer.echo(f"wrote {res.report_json} and {res.report_md}")
+
+
+@app.command()
+def merge(folder: Path = typer.Argument(..., help="Output folder whose shards ran ('detzoo verify DIR --shard K/N')"),
+          images: Optional[Path] = typer.Option(None, "--images", help="Where this machine keeps the images "
+                                                "(default: the path the shards recorded)"),
+          annotations: Optional[Path] = typer.Option(None, "--annotations", help="Likewise for the annotations"),
+          threads: Optional[int] = typer.Option(None, "--threads", help="Recorded, and used for latency "
+                                                "(default: the shards')"),
+          latency_runs: int = typer.Option(0, "--latency-runs", help="Timed runs per model on this machine (0: none)"),
+          max_drop: float = typer.Option(1.0, "--max-drop", help="Largest allowed mAP drop, in points"),
+          bootstrap: int = typer.Option(0, "--bootstrap", help="Resamples for a 95% CI on the drop (0: none)"),
+          reference_threshold: float = typer.Option(0.5, "--reference-threshold",
+                                                    help="Reference mode: source detections >= this are the truth"),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress bars, warnings or summary")):
+    """Combine all shards of DIR into one report, the one an unsharded verify writes; exit 1 as verify does."""
+    from rich.console import Console
+
+    from detzoo.errors import CheckFailed
+    from detzoo.verify.shard import merge as run_merge
+
+    try:
+        res = run_merge(folder, images=images, annotations=annotations, max_drop=max_drop, bootstrap=bootstrap,
+                        reference_threshold=reference_threshold, latency_runs=latency_runs, threads=threads,
+                        console=None if quiet else Console(stderr=True))
     except CheckFailed as e:
         if not quiet:
             typer.echo((folder / "REPORT.md").read_text().split("\n## ")[0].rstrip())
