@@ -216,6 +216,9 @@ def _canon_graph(g, outer_hash: dict, namer: _Namer, rename: dict, owner: str | 
         local[t.name] = namer(consumers.get(t.name, "const"))
     for n, name in zip(nodes, new_names):
         n.name = name
+        for f in ("domain", "doc_string"):  # an explicitly empty field serializes differently from an unset one
+            if not getattr(n, f):
+                n.ClearField(f)
         for a in n.attribute:
             for sub in _subgraphs(a):
                 sub.name = f"{name}/{a.name}"
