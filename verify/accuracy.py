@@ -205,7 +205,7 @@ def evaluate_models(collected: Collected, gt: dict | None, threshold: float, boo
     target = gt if gt is not None else ref_gt
     out = {}
     for name, dets in collected.detections.items():
-        res = evaluate(target, _results(dets, ids), ids)
+        res = evaluate(target, _results(dets, ids), ids, keep_per_image=bool(bootstrap))  # C++ unless bootstrapping
         acc = ModelAccuracy(res)
         if gt is not None:
             acc.warnings = _category_warnings(name, gt, dets, ids)

@@ -85,7 +85,8 @@ def render_markdown(r: dict) -> str:
                 f"Images: {data['evaluated']} from `{data['images_dir']}`.", ""]
     else:
         lim = f"the first {data['limit']} images by image id" if data["limit"] else "all images"
-        out += [f"**Mode: ground truth.** COCO box AP (pycocotools) against `{data['annotations']}` on {lim} "
+        evaluator = next(iter(r["models"].values()))["coco"].get("evaluator", "pycocotools")
+        out += [f"**Mode: ground truth.** COCO box AP ({evaluator}) against `{data['annotations']}` on {lim} "
                 f"in `{data['images_dir']}`: {data['evaluated']} images evaluated.", ""]
     if data["skipped"]:
         out += [f"{len(data['skipped'])} image(s) could not be read and were skipped (listed below).", ""]
