@@ -3,18 +3,23 @@
 What makes int8 fast here (measured on the real SSDLite, see benchmarks/bench_quantize.py):
 
 * uint8 asymmetric activations with int8 weights (u8s8, what VNNI's VPDPBUSD multiplies). With
-  int8 *symmetric* activations (quantize_static's default) the quantizer must keep every
-  Clip/Relu6 as a float node, so onnxruntime cannot fuse DQ-Conv-Q into QLinearConv: 37 of the 88
-  Convs then run in float between 230 DequantizeLinear and 103 QuantizeLinear nodes, and the
-  model is slower than fp32. With uint8 the Relu6 range is the output quantization range itself
-  and the Clip disappears.
+  int8 *symmetric* activations (quantize_static's default) every Relu6 stays a float Clip between
+  DequantizeLinear and QuantizeLinear, and onnxruntime fuses no s8s8 depthwise QLinearConv on
+  x86: with this same plan, all 33 depthwise Convs ran in float among 196 DequantizeLinear, 111
+  QuantizeLinear and 60 layout Transposes, 1.27x *slower* than fp32. With uint8 the Relu6 range
+  is the output quantization range itself, the Clip disappears and every quantized Conv fuses.
 * Only the network is quantized: pre/postprocessing stays float (plan.py), which both keeps the
   accuracy and avoids Q/DQ traffic around ops that have no int8 kernel.
 * The batch-1 pass (batch1.py) removes the map_fn Loops first, so quantization sees every node.
-* Per-channel weights: per-tensor weights cost 20+ AP points on the depthwise convolutions
-  (whose per-channel ranges differ by orders of magnitude) and are not measurably faster.
+* Per-channel weights: per-tensor weights cost 22 AP points (0.95 -> 0.74; the largest and
+  smallest channel of a depthwise filter differ up to 237x in range) and were not faster.
 * reduce_range (7-bit weights) only helps CPUs without VNNI, where u8s8 products can saturate the
-  16-bit intermediate of VPMADDUBSW; it is chosen from the CPU unless set.
+  16-bit intermediate of VPMADDUBSW; it is chosen from the CPU unless set (on this VNNI CPU it
+  cost 9 AP points and gained no speed).
+* The image-facing stem convolution stays float (stem_exclusions); QOperator format, and keeping
+  the Clip nodes, measured the same speed as QDQ. onnxruntime needs graph optimization level
+  "all": at "extended" (no NHWC layout transform) int8 ran at 0.70x fp32 instead of 0.51x, at
+  "basic" (no QDQ fusion) at 2.2x.
 """
 
 from __future__ import annotations

@@ -5,11 +5,13 @@ box-encoding and class-logit tensors the heads hand to decoding): the float mode
 that node fake-quantized (its weights as the int8 variant stores them, its output activation
 through QuantizeLinear/DequantizeLinear with the calibrated range), and the per-tensor
 signal-to-quantization-noise ratio of every head output is taken with onnxruntime's
-``qdq_loss_debug``. On the real SSDLite this ranking is sharp (the first depthwise convolution
-causes ten times the error of any other node), whereas ranking by each tensor's *local* QDQ error
-or by the error accumulated along the quantized model (both from ``qdq_loss_debug``) did not
-predict which nodes matter: returning their top 12 to float left fidelity unchanged or lower. The
-drop itself is always measured on the held-out check images.
+``qdq_loss_debug``. On the real SSDLite (all 157 network nodes int8, fidelity AP 0.958) this
+ranking is sharp: the first depthwise convolution causes ten times the error of any other node,
+and returning the top 1, 2 and 8 nodes to float gave AP 0.978, 0.986 and 0.995. Rankings taken
+directly from ``qdq_loss_debug``'s tensor errors did not predict which nodes matter: their top 12
+moved AP by -0.8 (weight error), -0.7 (error accumulated in the quantized model), -0.3 (local
+activation plus weight error) and +1.1 points (growth of the accumulated error across the node).
+The drop itself is always measured on the held-out check images.
 """
 
 from __future__ import annotations
