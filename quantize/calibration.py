@@ -67,8 +67,9 @@ class CalibrationImages:
                 "skipped": self.skipped, "overlap_with_check_images": self.overlap}
 
 
-def pick_calibration_images(folder: Path, count: int | None, check_files: list[Path] = ()) -> CalibrationImages:
-    """The first ``count`` decodable images of ``folder`` in name order (all of them when None).
+def pick_calibration_images(folder: Path, count: int | None, check_files: list[Path] = (),
+                            at_most: int | None = None) -> CalibrationImages:
+    """The first ``count`` decodable images of ``folder`` in name order (when None: up to ``at_most``).
 
     Raises when the folder has no images or fewer usable ones than asked; an image whose content
     also appears among ``check_files`` is reported in ``overlap`` (the caller warns).
@@ -77,8 +78,9 @@ def pick_calibration_images(folder: Path, count: int | None, check_files: list[P
         raise DetzooError(f"--calib-count must be >= 1, got {count}")
     files = list_images(folder)
     usable, skipped = [], []
+    limit = count if count is not None else at_most
     for p in files:
-        if count is not None and len(usable) == count:
+        if limit is not None and len(usable) == limit:
             break
         try:
             decode_image(p)

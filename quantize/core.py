@@ -149,10 +149,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
     calib = None
     if cfg.int8:
         calib_folder = cfg.calib_images or demo_dir("calib")
-        count = cfg.calib_count
-        calib = pick_calibration_images(calib_folder, count, check_files)
-        if count is None and len(calib.files) > DEFAULT_CALIB_LIMIT:
-            calib = pick_calibration_images(calib_folder, DEFAULT_CALIB_LIMIT, check_files)
+        calib = pick_calibration_images(calib_folder, cfg.calib_count, check_files, at_most=DEFAULT_CALIB_LIMIT)
         if calib.overlap:
             notes.append(f"{len(calib.overlap)} calibration image(s) also among the check images "
                          f"({', '.join(calib.overlap[:3])}{', ...' if len(calib.overlap) > 3 else ''}): "

@@ -154,3 +154,8 @@ def test_sensitivity_ranks_every_quantized_conv(tmp_path, calib_dir):
     assert {n for n, _ in ranked} == {"conv1", "conv2", "box_head", "score_head"}
     scores = [e for _, e in ranked]
     assert scores == sorted(scores, reverse=True) and all(e >= 0 for e in scores) and scores[0] > 0
+
+
+def test_without_a_count_at_most_the_limit_is_taken(calib_dir):
+    assert len(pick_calibration_images(calib_dir, None, at_most=3).files) == 3
+    assert len(pick_calibration_images(calib_dir, None).files) == 5
