@@ -51,7 +51,21 @@ def naive_int8(fp32: Path, calib_files: list[Path], io, out: Path) -> Path:
     return out
 
 
-def build_models(root: Path, say) -> tuple[dict, object, Path]:
+def build_models(root: Path, say) -> tuple[dict, object, dict]:
+    """Build every model under ``root``, or reuse what an earlier run with the same --workdir built."""
+    done = root / "models.json"
+    if done.is_file():
+        from detzoo.manifest import Manifest
+
+        saved = json.loads(done.read_text())
+        say(f"reusing the models in {root}")
+        return {k: Path(v) for k, v in saved["models"].items()}, Manifest.load(root / "entry"), saved["info"]
+    models, m, info = _build_models(root, say)
+    done.write_text(json.dumps({"models": {k: str(v) for k, v in models.items()}, "info": info}))
+    return models, m, info
+
+
+def _build_models(root: Path, say) -> tuple[dict, object, dict]:
     from detzoo.convert import ConvertConfig, convert
     from detzoo.defaults import default_model_path
     from detzoo.images import demo_dir, list_images
@@ -75,7 +89,7 @@ def build_models(root: Path, say) -> tuple[dict, object, Path]:
     m = Manifest.load(entry)
     m_md = Manifest.load(md)
     say("fp32 batch-1 and the naive int8 baseline")
-    prepared, _, _ = prepare(entry / m.variants["fp32"].file, root)
+    prepared, _, _ = prepare(entry / m.variants["fp32"].file, root)  # root/prepared.onnx
     naive = naive_int8(entry / m.variants["fp32"].file, list_images(demo_dir("calib")), m.io, root / "naive.int8.onnx")
     models = {
         "ONNX fp32": entry / m.variants["fp32"].file,
@@ -162,6 +176,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="passes over the 40 frames per thread count")
     ap.add_argument("--threads", default="1,2", help="intra-op thread counts, e.g. 1,2")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--workdir", type=Path, help="keep the built models here and reuse them on the next run "
+                                                 "(default: a temporary folder)")
     args = ap.parse_args()
     threads_list = [int(t) for t in args.threads.split(",")]
 
@@ -169,7 +185,9 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
-        models, m, info = build_models(Path(tmp), say)
+        root = args.workdir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        models, m, info = build_models(root, say)
         results = measure(models, m, threads_list, args.rounds, say)
     print(table(results, threads_list))
     excluded = info["int8_excluded"]
