@@ -130,3 +130,13 @@ def test_fp32_batch1_variant_is_parity_checked(sm_entry, shapes_split):
     assert res.fidelity["fp32_batch1"]["fidelity_ap"] == 1.0
     model = onnx.load(sm_entry / v.file)
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+def test_same_input_gives_byte_identical_artifacts(sm_fp32_dir, shapes_split, tmp_path):
+    shas = []
+    for k in range(2):
+        entry = _copy(sm_fp32_dir, tmp_path, f"entry{k}")
+        quantize(_cfg(entry, shapes_split, calib_count=4))
+        m = Manifest.load(entry)
+        shas.append((m.variants["fp16"].sha256, m.variants["int8"].sha256))
+    assert shas[0] == shas[1]
