@@ -187,6 +187,12 @@ def _runs_exactly_once(loop, known: _Known, shapes) -> tuple[bool, str]:
 
     m_name, cond_name = loop.input[0], loop.input[1]
     body = next(a.g for a in loop.attribute if a.name == "body")
+    if cond_name:
+        start = known.full(cond_name)
+        if start is None:
+            return False, "its start condition depends on image content or an unknown dimension"
+        if not bool(np.asarray(start).reshape(-1)[0]):
+            return False, "its start condition is false (it never runs)"
     if m_name:
         m = known.full(m_name)
         if m is None:
@@ -197,11 +203,6 @@ def _runs_exactly_once(loop, known: _Known, shapes) -> tuple[bool, str]:
             return True, "maximum trip count is 1"
     if not cond_name:
         return False, "it has no condition and a trip count other than one"
-    start = known.full(cond_name)
-    if start is None:
-        return False, "its start condition depends on image content or an unknown dimension"
-    if not bool(np.asarray(start).reshape(-1)[0]):
-        return False, "its start condition is false (it never runs)"
     inner = _Known(shapes, outer=known)
     for init in body.initializer:
         inner.values[init.name] = numpy_helper.to_array(init)
