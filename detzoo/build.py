@@ -86,8 +86,9 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
 
         t = time.perf_counter()
         say(f"[bold]quantize[/] {', '.join(quantized)}")
+        # The accuracy-aware int8 search checks on the evaluation images (never the calibration ones).
         quantize(QuantizeConfig(folder=cfg.out, fp16="fp16" in quantized, int8="int8" in quantized,
-                                calib_images=cfg.calib_images, threads=cfg.threads,
+                                calib_images=cfg.calib_images, check_images=cfg.images, threads=cfg.threads,
                                 max_drop=cfg.max_drop if "int8" in quantized else None, force=True),
                  progress=lambda msg: say(f"  {msg}"))
         seconds["quantize"] = round(time.perf_counter() - t, 2)

@@ -15,8 +15,11 @@ from tests.clihelp import assert_user_error, run_cli
 def tiny_entry(tmp_path_factory, shapes_saved_model, shapes):
     images, annotations = shapes
     out = tmp_path_factory.mktemp("build") / "entry"
+    calib = tmp_path_factory.mktemp("calib")
+    for p in sorted(images.iterdir())[:8]:  # calibration frames apart from the evaluation set
+        shutil.copy(p, calib / ("c_" + p.name))
     r = run_cli("build", shapes_saved_model, "--out", out, "--images", images, "--annotations", annotations,
-                "--precisions", "fp32", "--latency-runs", "5", "--quiet")
+                "--calib-images", calib, "--latency-runs", "5", "--max-drop", "5", "--quiet")
     assert r.exit_code == 0, r.output
     return out
 
@@ -24,19 +27,20 @@ def tiny_entry(tmp_path_factory, shapes_saved_model, shapes):
 def test_entry_holds_everything(tiny_entry):
     names = {p.name for p in tiny_entry.iterdir()}
     assert {"manifest.json", "report.json", "REPORT.md", "report.html", "README.md"} <= names
-    assert any(n.endswith(".fp32.onnx") for n in names)
+    assert all(any(n.endswith(f".{p}.onnx") for n in names) for p in ("fp32", "fp16", "int8"))
     m = Manifest.load(tiny_entry)
     assert m.results["verify"]["mode"] == "ground_truth"
     report = json.loads((tiny_entry / "report.json").read_text())
     src = report["models"]["source"]["coco"]["stats"]["AP"]
     assert src > 0.5  # a real detector on the synthetic set
     assert abs(report["models"]["fp32"]["drop"]["AP"]) < 1e-3
+    assert report["gate"]["passed"] and report["models"]["int8"]["drop"]["AP"] * 100 <= 5
 
 
 def test_model_card_in_zoo_style(tiny_entry):
     card = (tiny_entry / "README.md").read_text()
     assert "| Average Precision (AP) | 0.50:0.95 | all | 100 |" in card
-    assert len(re.findall(r"^\| Average (Precision|Recall)", card, re.M)) == 12 * 2  # source + fp32
+    assert len(re.findall(r"^\| Average (Precision|Recall)", card, re.M)) == 12 * 4  # source + 3 artifacts
     assert "Based on 24 images from COCO" in card and "in fp32 precision" in card
     assert "`input_tensor`, uint8" in card and "ort.InferenceSession" in card
     order = [card.index(f"`{n}`") for n in ("num_detections", "detection_boxes", "detection_scores",
