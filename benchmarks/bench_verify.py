@@ -112,6 +112,38 @@ def overhead(entry: Path, images: Path, variants: list, threads_list=(1, 2), rep
     return {"models": ["source", *variants], "images": len(records), "rows": rows}
 
 
+def components(images: Path, repeats: int = 3) -> dict:
+    """Milliseconds per image of verify's own work in the pass: hashing, decoding, and turning one
+    model's raw outputs into Detections plus one cache append (100 detections, as SSD models emit)."""
+    import numpy as np
+
+    from detzoo.detections import Detections
+    from detzoo.images import decode_image, folder_records
+    from detzoo.verify.cache import DetectionCache, image_sha256
+
+    records = folder_records(images)
+    rng = np.random.default_rng(0)
+    raw = (np.array([100.0]), rng.uniform(0, 1, (1, 100, 4)).astype(np.float32),
+           rng.uniform(0, 1, (1, 100)).astype(np.float32), np.ones((1, 100), np.float32))
+    out = {"sha256": [], "decode": [], "detections_and_cache": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = DetectionCache(tmp, "0" * 64, {})
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for r in records:
+                image_sha256(r.path)
+            t1 = time.perf_counter()
+            for r in records:
+                decode_image(r.path)
+            t2 = time.perf_counter()
+            for r in records:
+                cache.put(r.image_id, "x", (576, 768), Detections.from_od_api(*raw, image_hw=(576, 768)))
+            t3 = time.perf_counter()
+            for k, v in zip(out, (t1 - t0, t2 - t1, t3 - t2)):
+                out[k].append(v / len(records) * 1e3)
+    return {k: median(v) for k, v in out.items()}
+
+
 # --- memory ------------------------------------------------------------------------------------
 
 MEMORY_CHILD = """
