@@ -13,10 +13,23 @@ variants start from: Loops inlined, basic ORT optimizations; not an artifact); f
 plan); int8 with --max-drop 1; and, for reference, the issue's naive int8 (quantize_static on the
 fp32 artifact with its defaults: QDQ, MinMax, int8 symmetric activations, per-channel, 25 frames).
 
-Measured on the 2-core AMD EPYC (avx512_vnni) shared with other jobs, onnxruntime 1.32, 3 rounds:
+Measured (3 rounds, 120 calls per model and thread count) on the 2-vCPU AMD EPYC with avx512_vnni
+that two other engineers' jobs shared, onnxruntime 1.32, TF 2.21, after the models were built:
 
 | model | fidelity AP | AP50 | p50 ms 1T | p90 1T | x fp32 1T | p50 ms 2T | p90 2T | x fp32 2T | MB |
-(filled in from the run reported in the quantize notes; rerun to reproduce)
+|---|---|---|---|---|---|---|---|---|---|
+| TF source | 1.000 | 1.000 | 13.1 | 15.8 | 1.26 | 51.5 | 67.6 | 1.47 | 12.9 (pb) |
+| ONNX fp32 | 1.000 | 1.000 | 10.3 | 10.8 | 1.00 | 35.1 | 51.2 | 1.00 | 12.2 |
+| fp32 batch-1 (prepared) | 1.000 | 1.000 | 9.3 | 9.8 | 0.90 | 34.9 | 47.8 | 0.99 | 12.2 |
+| fp16 | 1.000 | 1.000 | 11.6 | 12.9 | 1.12 | 45.5 | 58.2 | 1.30 | 6.2 |
+| int8 | 0.952 | 0.995 | 5.2 | 5.5 | 0.51 | 25.6 | 35.4 | 0.73 | 3.7 |
+| int8 --max-drop 1 | 0.995 | 0.999 | 6.4 | 6.9 | 0.62 | 32.4 | 43.5 | 0.92 | 4.0 |
+| naive int8 (issue baseline) | 0.681 | 0.989 | 12.2 | 13.0 | 1.18 | 67.4 | 82.5 | 1.92 | 3.8 |
+
+The 1-thread ratios held within +-0.02 over four runs. The 2-thread column is not trustworthy
+here: on this VM every model ran 2-4x *slower* with two threads than with one, even at a load
+average below 0.3 (the other vCPU is busy or shares a core), and int8's 2-thread ratio moved
+between 0.62 and 0.97 from run to run. Measure 2 threads on an unshared machine.
 """
 
 from __future__ import annotations
