@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from detzoo.errors import CheckFailed, DetzooError
-from detzoo.fsutil import atomic_path, remove_stale_temporaries, sha256_file
+from detzoo.fsutil import remove_stale_temporaries, sha256_file, staging
 from detzoo.images import demo_dir
 from detzoo.manifest import MANIFEST, Manifest, Variant
 from detzoo.onnxcanon import canonicalize
@@ -188,24 +188,24 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
         cfg.out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(cfg.out)
         artifact = cfg.out / f"{name}.fp32.onnx"
-        with atomic_path(artifact) as tmp:
+        with staging(cfg.out, ".onnx") as tmp:
             onnx.save(model, tmp)
-        conversion_seconds = time.perf_counter() - t0
-        variant = Variant(name="fp32", file=artifact.name, precision="fp32", sha256=sha256_file(artifact),
-                          size=artifact.stat().st_size, opset=cfg.opset,
-                          settings={"opset": cfg.opset, "input": cfg.input_name, "output": cfg.output_names,
-                                    "onnx_input": model.graph.input[0].name,
-                                    "onnx_outputs": [o.name for o in model.graph.output],
-                                    "conversion_seconds": round(conversion_seconds, 3)})
-        parity = None
-        if cfg.check:
-            images = cfg.check_images or demo_dir("eval")
-            with source_runner(src.format, src.path, io, cfg.threads) as s_run, \
-                    OrtRunner(artifact, io, cfg.threads) as o_run:
-                parity = check_parity(s_run, o_run, images, cfg.tolerance, cfg.check_limit)
-            variant.checks["parity"] = {**parity.to_json(), "images_dir": str(images)}
-        manifest = Manifest(name=name, source=src.describe(), io=io, variants={"fp32": variant})
-        manifest.save(cfg.out)
+            conversion_seconds = time.perf_counter() - t0
+            variant = Variant(name="fp32", file=artifact.name, precision="fp32", sha256=sha256_file(tmp),
+                              size=tmp.stat().st_size, opset=cfg.opset,
+                              settings={"opset": cfg.opset, "input": cfg.input_name, "output": cfg.output_names,
+                                        "onnx_input": model.graph.input[0].name,
+                                        "onnx_outputs": [o.name for o in model.graph.output],
+                                        "conversion_seconds": round(conversion_seconds, 3)})
+            parity = None
+            if cfg.check:
+                images = cfg.check_images or demo_dir("eval")
+                with source_runner(src.format, src.path, io, cfg.threads) as s_run, \
+                        OrtRunner(tmp, io, cfg.threads) as o_run:
+                    parity = check_parity(s_run, o_run, images, cfg.tolerance, cfg.check_limit)
+                variant.checks["parity"] = {**parity.to_json(), "images_dir": str(images)}
+            manifest = Manifest(name=name, source=src.describe(), io=io, variants={"fp32": variant})
+            manifest.save(cfg.out, {artifact.name: tmp})  # artifact and manifest in one commit
         _clean_replaced(cfg.out, old, keep={artifact.name})
     result = ConvertResult(manifest, artifact, parity, time.perf_counter() - t0)
     if parity is not None and not parity.passed:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 TMP_PREFIX = ".detzoo-tmp-"
+JOURNAL = ".detzoo-journal.json"
 
 
 def _umask() -> int:
@@ -77,8 +78,54 @@ def atomic_write_json(dest: str | os.PathLike, obj) -> None:
     atomic_write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+@contextlib.contextmanager
+def staging(folder: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary inside ``folder`` to fill and hand to ``commit``; removed if the commit never happens."""
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def commit(folder: str | os.PathLike, renames: dict, writes: dict) -> None:
+    """Put staged temporaries in place (final name -> temporary) and write JSON files as one step.
+
+    A journal naming every step is written (atomically) before the first rename; a process killed
+    half-way leaves the journal, and the next ``roll_forward`` finishes the job. So the files and
+    the manifest that records their sha256s can never disagree."""
+    folder = Path(folder)
+    for tmp in renames.values():
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    journal = {"renames": {final: Path(tmp).name for final, tmp in renames.items()}, "writes": writes}
+    atomic_write_json(folder / JOURNAL, journal)
+    roll_forward(folder)
+
+
+def roll_forward(folder: str | os.PathLike) -> bool:
+    """Finish a commit a killed process left half done; True if there was one."""
+    folder = Path(folder)
+    path = folder / JOURNAL
+    if not path.is_file():
+        return False
+    journal = json.loads(path.read_text())  # written atomically: never torn
+    for final, tmp in journal["renames"].items():
+        staged = folder / tmp
+        if staged.is_file():
+            os.chmod(staged, 0o666 & ~_umask())
+            os.replace(staged, folder / final)
+    for name, obj in journal["writes"].items():
+        atomic_write_json(folder / name, obj)
+    path.unlink()
+    return True
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete temporaries a killed run left behind; returns what was removed."""
+    """Delete temporaries a killed run left behind (after finishing its commit); returns what was removed."""
+    roll_forward(folder)
     removed = []
     for p in Path(folder).glob(TMP_PREFIX + "*"):
         if p.is_file():

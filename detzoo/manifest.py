@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from detzoo.errors import DetzooError
-from detzoo.fsutil import atomic_write_json, sha256_file
+from detzoo.fsutil import atomic_write_json, commit, roll_forward, sha256_file
 from detzoo.source import IOSpec
 
 MANIFEST = "manifest.json"
@@ -105,8 +105,12 @@ class Manifest:
         d["io"] = self.io.to_dict()
         return d
 
-    def save(self, folder: str | Path) -> None:
-        atomic_write_json(Path(folder) / MANIFEST, self.to_dict())
+    def save(self, folder: str | Path, staged: dict | None = None) -> None:
+        """Write the manifest; ``staged`` (file name -> temporary in ``folder``) go in place with it."""
+        if staged:
+            commit(folder, staged, {MANIFEST: self.to_dict()})
+        else:
+            atomic_write_json(Path(folder) / MANIFEST, self.to_dict())
 
     @classmethod
     def load(cls, folder: str | Path) -> "Manifest":
@@ -114,6 +118,7 @@ class Manifest:
         path = folder / MANIFEST
         if not folder.is_dir():
             raise DetzooError(f"output folder not found: {folder}")
+        roll_forward(folder)  # a commit a killed process left half done
         if not path.is_file():
             raise DetzooError(f"no {MANIFEST} in {folder}: run 'detzoo convert SOURCE --out {folder}' first")
         try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detzoo.errors import CheckFailed, DetzooError
-from detzoo.fsutil import atomic_path, remove_stale_temporaries, sha256_file
+from detzoo.fsutil import remove_stale_temporaries, sha256_file, staging
 from detzoo.images import decode_image, demo_dir
 from detzoo.manifest import Manifest, Variant, machine_info
 from detzoo.quantize.batch1 import Batch1Report, specialize_batch1
@@ -248,17 +248,18 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
                 settings["accuracy_search"] = search_json
             built["int8"] = (path, settings, {"fidelity": fid.to_json()})
 
-        # Install: artifacts first (each atomically), the manifest last.
-        for name, (path, settings, checks) in built.items():
-            dest = folder / files[name]
-            with atomic_path(dest) as t:
-                shutil.copyfile(path, t)
-            art = onnx.load(str(dest), load_external_data=False)
-            m.variants[name] = Variant(name=name, file=dest.name, precision=name.split("_")[0],
-                                       sha256=sha256_file(dest),
-                                       size=dest.stat().st_size, opset=_opset(art), parent="fp32",
-                                       settings=settings, checks=checks)
-        m.save(folder)
+        # Install: stage every artifact in the folder, then put them in place with the manifest as
+        # one journaled commit, so files and recorded sha256s never disagree, even after a kill.
+        staged = {}
+        with contextlib.ExitStack() as stack:
+            for name, (path, settings, checks) in built.items():
+                tmp = staged[files[name]] = stack.enter_context(staging(folder, ".onnx"))
+                shutil.copyfile(path, tmp)
+                art = onnx.load(str(tmp), load_external_data=False)
+                m.variants[name] = Variant(name=name, file=files[name], precision=name.split("_")[0],
+                                           sha256=sha256_file(tmp), size=tmp.stat().st_size, opset=_opset(art),
+                                           parent="fp32", settings=settings, checks=checks)
+            m.save(folder, staged)
     result = QuantizeResult(m, {n: folder / files[n] for n in built}, fidelity, plan, b1, search_json, notes,
                             time.perf_counter() - t0)
     return result
