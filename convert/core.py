@@ -7,7 +7,7 @@ import io as _io
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from detzoo.errors import CheckFailed, DetzooError

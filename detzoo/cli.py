@@ -6,6 +6,7 @@ printed as one line without a traceback: exit 2 for bad input, exit 1 for a fail
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from detzoo.errors import DetzooError
+from detzoo.errors import CheckFailed, DetzooError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="TensorFlow object-detection models to verified ONNX model-zoo artifacts.")
@@ -23,6 +24,24 @@ def _fail(e: DetzooError) -> None:
     msg = " ".join(str(e).split()) or type(e).__name__
     typer.echo(f"detzoo: error: {msg}", err=True)
     raise typer.Exit(e.exit_code)
+
+
+def _summary(folder: Path) -> str:
+    """The head of REPORT.md: mode, gate and the summary table."""
+    return (folder / "REPORT.md").read_text().split("\n## ")[0].rstrip()
+
+
+@contextlib.contextmanager
+def _user_errors(folder: Optional[Path] = None, quiet: bool = False):
+    """Bad input: one line, exit 2. A failed check: the report's summary (if any), one line, exit 1."""
+    try:
+        yield
+    except CheckFailed as e:
+        if folder is not None and not quiet and (folder / "REPORT.md").is_file():
+            typer.echo(_summary(folder))
+        _fail(e)
+    except DetzooError as e:
+        _fail(e)
 
 
 def _split_names(values: Optional[List[str]]) -> Optional[List[str]]:
@@ -123,11 +142,10 @@ def verify(folder: Path = typer.Argument(..., help="Output folder holding manife
     """Measure every artifact against its source (COCO AP, agreement, latency); exit 1 if a drop exceeds --max-drop."""
     from rich.console import Console
 
-    from detzoo.errors import CheckFailed
     from detzoo.verify import VerifyConfig, verify as run_verify
 
     console = None if quiet else Console(stderr=True)
-    try:
+    with _user_errors(folder, quiet):
         cfg = VerifyConfig(folder=folder, images=images, annotations=annotations, limit=limit, threads=threads,
                            latency_runs=latency_runs, max_drop=max_drop, bootstrap=bootstrap,
                            variants=_split_names(variants), reference_threshold=reference_threshold)
@@ -149,14 +167,8 @@ def verify(folder: Path = typer.Argument(..., help="Output folder holding manife
             res = verify_ray(cfg, RayOptions(address=ray_address, shards=shards), console)
         else:
             res = run_verify(cfg, console)
-    except CheckFailed as e:
-        if not quiet:
-            typer.echo((folder / "REPORT.md").read_text().split("\n## ")[0].rstrip())
-        _fail(e)
-    except DetzooError as e:
-        _fail(e)
     if not quiet:
-        typer.echo(res.report_md.read_text().split("\n## ")[0].rstrip())
+        typer.echo(_summary(folder))
         typer.echo(f"wrote {res.report_json} and {res.report_md}")
 
 
@@ -176,21 +188,14 @@ def merge(folder: Path = typer.Argument(..., help="Output folder whose shards ra
     """Combine all shards of DIR into one report, the one an unsharded verify writes; exit 1 as verify does."""
     from rich.console import Console
 
-    from detzoo.errors import CheckFailed
     from detzoo.verify.shard import merge as run_merge
 
-    try:
+    with _user_errors(folder, quiet):
         res = run_merge(folder, images=images, annotations=annotations, max_drop=max_drop, bootstrap=bootstrap,
                         reference_threshold=reference_threshold, latency_runs=latency_runs, threads=threads,
                         console=None if quiet else Console(stderr=True))
-    except CheckFailed as e:
-        if not quiet:
-            typer.echo((folder / "REPORT.md").read_text().split("\n## ")[0].rstrip())
-        _fail(e)
-    except DetzooError as e:
-        _fail(e)
     if not quiet:
-        typer.echo(res.report_md.read_text().split("\n## ")[0].rstrip())
+        typer.echo(_summary(folder))
         typer.echo(f"wrote {res.report_json} and {res.report_md}")
 
 
@@ -216,23 +221,16 @@ def build(source: Optional[Path] = typer.Argument(None, help="TF model (default:
     from rich.console import Console
 
     from detzoo.build import BuildConfig, build as run_build
-    from detzoo.errors import CheckFailed
 
     console = None if quiet else Console(stderr=True)
-    try:
+    with _user_errors(out, quiet):
         cfg = BuildConfig(out=out, source=source, images=images, annotations=annotations, calib_images=calib_images,
                           precisions=precisions.split(","), max_drop=max_drop, threads=threads, limit=limit,
                           latency_runs=latency_runs, bootstrap=bootstrap, force=force,
                           allow_unsafe_ops=allow_unsafe_ops)
         res = run_build(cfg, console)
-    except CheckFailed as e:
-        if not quiet and (out / "REPORT.md").is_file():
-            typer.echo((out / "REPORT.md").read_text().split("\n## ")[0].rstrip())
-        _fail(e)
-    except DetzooError as e:
-        _fail(e)
     if not quiet:
-        typer.echo((out / "REPORT.md").read_text().split("\n## ")[0].rstrip())
+        typer.echo(_summary(out))
         typer.echo(f"built {out} in {res.seconds['total']:.0f}s: manifest.json, "
                    f"{', '.join(sorted(p.name for p in out.glob('*.onnx')))}, report.json, REPORT.md, report.html, "
                    "README.md")

@@ -182,8 +182,6 @@ def stem_exclusions(model, plan: PrecisionPlan) -> dict[str, str]:
     Measured on the real SSDLite: keeping the 3-channel stem convolution float made the int8 model
     ~8% faster (its QLinearConv was the slowest node) at equal fidelity.
     """
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in model.graph.initializer}
     consumers: dict[str, list] = {}
     for n in model.graph.node:

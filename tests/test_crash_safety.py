@@ -3,7 +3,6 @@ give byte-identical artifacts."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys

@@ -23,7 +23,7 @@ def test_unsafe_tf_models_refused(tmp_path, make, op, command):
     model = make(tmp_path / "m")
     out = tmp_path / "out"
     if command == "convert":
-        err = assert_user_error(run_cli("convert", model, "--out", out, "--no-check"), 2, op, "--allow-unsafe-ops")
+        assert_user_error(run_cli("convert", model, "--out", out, "--no-check"), 2, op, "--allow-unsafe-ops")
         assert not out.exists()
     else:
         r = run_cli("inspect", model)
@@ -58,7 +58,7 @@ def test_custom_domain_onnx_refused_by_the_runner(tmp_path, nested):
         OrtRunner(path, io_spec).activate()
 
 
-def _tar(tmp_path, build) -> "Path":
+def _tar(tmp_path, build):
     p = tmp_path / "model.tar.gz"
     with tarfile.open(p, "w:gz") as tf:
         build(tf)

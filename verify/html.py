@@ -190,7 +190,7 @@ def render_html(folder: Path, report: dict, records, io_dict: dict, examples: in
     from detzoo.verify.report import coco_table, summary_table
 
     gate = report["gate"]
-    verdict = (f'<span class="pass">passed</span>' if gate["passed"]
+    verdict = ('<span class="pass">passed</span>' if gate["passed"]
                else f'<span class="fail">FAILED: {html.escape(", ".join(gate["failed"]))}</span>')
     mode = ("reference mode: scored against the source model's detections >= "
             f"{report['reference_threshold']}" if report["mode"] == "reference" else "ground-truth mode")

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import onnx
-import pytest
 
 from detzoo.images import decode_image, demo_dir, list_images
 from detzoo.manifest import Manifest

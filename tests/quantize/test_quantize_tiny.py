@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import onnx
-import pytest
 
 from detzoo.fsutil import sha256_file
 from detzoo.images import decode_image, list_images
