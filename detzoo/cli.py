@@ -311,13 +311,48 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
         typer.echo(f"  int8 keeps {len(res.plan.excluded)} network nodes float (reasons in manifest.json)")
 
 
+# TensorFlow 2.21 prints these at import on the C++ side, whatever TF_CPP_MIN_LOG_LEVEL says.
+_NATIVE_NOISE = (b"WARNING: All log messages before absl::InitializeLog() is called",
+                 b"oneDNN custom operations are on")
+
+
+def _filter_native_stderr() -> None:
+    """Route file descriptor 2 (C++ logs) through a filter that drops TensorFlow's start-up noise.
+
+    Python's own stderr (errors, progress bars) keeps a direct copy of the terminal."""
+    import atexit
+    import os
+    import threading
+
+    saved = os.dup(2)
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+
+    def pump():
+        with os.fdopen(r, "rb") as f:
+            for line in f:
+                if not any(n in line for n in _NATIVE_NOISE):
+                    os.write(saved, line)
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+
+    def drain():
+        os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees EOF and flushes
+        t.join(timeout=1.0)
+
+    atexit.register(drain)
+
+
 def main() -> None:
     """Console entry point."""
     import os
 
-    # TensorFlow's C++ and Python loggers would bury the one line a user needs.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    if len(sys.argv) > 1 and sys.argv[1] not in ("--help", "-h"):
+        _filter_native_stderr()
     try:
         app()
     except KeyboardInterrupt:

@@ -91,6 +91,8 @@ class Runner(abc.ABC):
 def _tf_session_config(threads: int):
     import tensorflow as tf
 
+    tf.get_logger().setLevel("ERROR")  # the v1 loaders' deprecation notices are not the user's business
+
     return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1,
                                     device_count={"GPU": 0})
 
