@@ -86,7 +86,8 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
 
         t = time.perf_counter()
         say(f"[bold]quantize[/] {', '.join(quantized)}")
-        # The accuracy-aware int8 search checks on the evaluation images (never the calibration ones).
+        # The accuracy-aware int8 search checks on held-out images: the demo check frames by default
+        # (disjoint from calibration and evaluation), else the user's evaluation images (verify warns).
         quantize(QuantizeConfig(folder=cfg.out, fp16="fp16" in quantized, int8="int8" in quantized,
                                 calib_images=cfg.calib_images, check_images=cfg.images, threads=cfg.threads,
                                 max_drop=cfg.max_drop if "int8" in quantized else None, force=True),

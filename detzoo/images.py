@@ -95,7 +95,8 @@ def folder_records(folder: str | os.PathLike, limit: int | None = None) -> list[
 
 
 def demo_dir(split: str) -> Path:
-    """Embedded demo frames from vtest.avi: ``calib`` and ``eval`` never overlap (see PROVENANCE.md)."""
-    if split not in ("calib", "eval"):
-        raise ValueError(f"demo split must be 'calib' or 'eval', got {split!r}")
+    """Embedded demo frames from vtest.avi, three disjoint splits (see PROVENANCE.md): ``calib``
+    (int8 calibration), ``check`` (the int8 accuracy search's held-out images) and ``eval``."""
+    if split not in ("calib", "check", "eval"):
+        raise ValueError(f"demo split must be 'calib', 'check' or 'eval', got {split!r}")
     return Path(str(resources.files("detzoo") / "data" / "demo" / split))

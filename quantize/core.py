@@ -144,7 +144,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
     _refuse_existing(folder, m, files, cfg.force)
     notes: list[str] = []
 
-    check_folder = cfg.check_images or demo_dir("eval")
+    check_folder = cfg.check_images or demo_dir("check")
     check_files = check_image_paths(check_folder, cfg.check_limit)
     calib = None
     if cfg.int8:

@@ -61,7 +61,8 @@ def test_listing_errors_and_records(tmp_path):
 
 
 def test_demo_splits_are_disjoint_and_real():
-    calib, ev = list_images(demo_dir("calib")), list_images(demo_dir("eval"))
-    assert len(calib) >= 20 and len(ev) >= 32
-    assert not {p.name for p in calib} & {p.name for p in ev}
+    calib, check, ev = (list_images(demo_dir(s)) for s in ("calib", "check", "eval"))
+    assert len(calib) >= 20 and len(check) >= 20 and len(ev) >= 32
+    names = [{p.name for p in split} for split in (calib, check, ev)]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
     assert decode_image(ev[0]).shape == (576, 768, 3)

@@ -234,9 +234,22 @@ def open_models(cfg: VerifyConfig, manifest: Manifest, names: list, artifacts: d
     return models
 
 
+def _tuning_warning(manifest, name: str, evaluated_files: set) -> list[str]:
+    """An artifact tuned (quantize --max-drop) on the images it is now scored on looks better than it is."""
+    v = manifest.variants.get(name)
+    if v is None or not v.settings.get("accuracy_search"):
+        return []
+    overlap = evaluated_files & set((v.settings.get("check_images") or {}).get("ids", []))
+    if not overlap:
+        return []
+    return [f"{name} was tuned with --max-drop on {len(overlap)} of these evaluation images; "
+            "its drop here may be optimistic (tune on held-out images: quantize --check-images)"]
+
+
 def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys, models,
                   seconds, t_start) -> dict:
     ids = sorted(collected.sizes)
+    evaluated_files = {r.path.name for r in records if r.image_id in collected.sizes}
     metric = "AP" if mode == "ground_truth" else "fidelity AP"
     src_lat = latency.get("source")
     out_models, failed = {}, []
@@ -252,7 +265,7 @@ def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy,
             "latency": lat.to_json() if lat else None,
             "speedup": round(src_lat.p50_ms / lat.p50_ms, 4) if lat and src_lat and lat.p50_ms > 0 else None,
             "inferences": collected.inferences[m.name], "cache_hits": collected.cache_hits[m.name],
-            "warnings": a.warnings,
+            "warnings": a.warnings + _tuning_warning(manifest, m.name, evaluated_files),
         }
         out_models[m.name] = entry
         if m.name != "source" and a.drop.get("AP") is not None and a.drop["AP"] * 100 > cfg.max_drop + 1e-9:

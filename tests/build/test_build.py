@@ -35,6 +35,8 @@ def test_entry_holds_everything(tiny_entry):
     assert src > 0.5  # a real detector on the synthetic set
     assert abs(report["models"]["fp32"]["drop"]["AP"]) < 1e-3
     assert report["gate"]["passed"] and report["models"]["int8"]["drop"]["AP"] * 100 <= 5
+    # int8 was tuned (--max-drop) on the user's evaluation images: the report says so
+    assert any("tuned with --max-drop" in w for w in report["models"]["int8"]["warnings"])
 
 
 def test_model_card_in_zoo_style(tiny_entry):

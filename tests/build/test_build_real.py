@@ -27,6 +27,9 @@ def test_default_build_produces_a_verified_zoo_entry(tmp_path):
     calib = set(m.variants["int8"].settings["calibration"]["ids"])
     evaluated = {p.name for p in list_images(report["data"]["images_dir"])}
     assert len(calib) == 25 and len(evaluated) == 40 and not calib & evaluated
+    checked = set(m.variants["int8"].settings["check_images"]["ids"])  # the --max-drop search's images
+    assert checked and not checked & evaluated and not checked & calib
+    assert not any("tuned with --max-drop" in w for w in models["int8"]["warnings"])
     for name in ("report.html", "README.md", "REPORT.md"):
         assert (out / name).stat().st_size > 1000
     assert "person" in (out / "README.md").read_text()
