@@ -154,26 +154,22 @@ def make_plan(model) -> PrecisionPlan:
             consumers.setdefault(t, []).append(i)
     is_float = _float_outputs(model)
 
-    def forward(start: set[int], stop: set[int] = frozenset()) -> set[int]:
+    def reach(start: set[int], neighbours, stop: set[int]) -> set[int]:
+        """Nodes reachable from ``start`` through ``neighbours``, not walking past ``stop``."""
         seen, stack = set(), list(start)
         while stack:
             i = stack.pop()
             if i in seen or (i in stop and i not in start):
                 continue
             seen.add(i)
-            for o in nodes[i].output:
-                stack.extend(consumers.get(o, []))
+            stack.extend(neighbours(i))
         return seen
 
+    def forward(start: set[int], stop: set[int] = frozenset()) -> set[int]:
+        return reach(start, lambda i: [c for o in nodes[i].output for c in consumers.get(o, [])], stop)
+
     def backward(start: set[int], stop: set[int] = frozenset()) -> set[int]:
-        seen, stack = set(), list(start)
-        while stack:
-            i = stack.pop()
-            if i in seen or (i in stop and i not in start):
-                continue
-            seen.add(i)
-            stack.extend(producer[t] for t in node_inputs(nodes[i]) if t in producer)
-        return seen
+        return reach(start, lambda i: [producer[t] for t in node_inputs(nodes[i]) if t in producer], stop)
 
     from_input = forward({c for inp in g.input for c in consumers.get(inp.name, [])})
     compute = {i for i, n in enumerate(nodes) if n.op_type in COMPUTE_OPS and i in from_input}
