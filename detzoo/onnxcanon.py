@@ -49,6 +49,15 @@ def _subgraphs(a):
     return [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
 
 
+def walk_nodes(graph):
+    """Every node of ``graph`` and of its subgraphs (Loop/If/Scan bodies), depth first."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            for sub in _subgraphs(a):
+                yield from walk_nodes(sub)
+
+
 def _type_key(t) -> bytes:
     """A type without its symbolic dimension names (tf2onnx numbers them with a global counter)."""
     anon = onnx.TypeProto()

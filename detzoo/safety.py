@@ -86,15 +86,9 @@ def scan_tflite(path: Path, ops_details: list[dict]) -> None:
 def scan_onnx(model, what: str = "ONNX model") -> None:
     found: dict[str, set[str]] = {}
 
-    def walk(graph):
-        for n in graph.node:
-            if n.domain not in TRUSTED_ONNX_DOMAINS:
-                found.setdefault(f"{n.domain}::{n.op_type}", set()).add(n.name or n.op_type)
-            for a in n.attribute:
-                if a.g is not None and a.g.node:
-                    walk(a.g)
-                for g in a.graphs:
-                    walk(g)
+    from detzoo.onnxcanon import walk_nodes
 
-    walk(model.graph)
+    for n in walk_nodes(model.graph):
+        if n.domain not in TRUSTED_ONNX_DOMAINS:
+            found.setdefault(f"{n.domain}::{n.op_type}", set()).add(n.name or n.op_type)
     _refuse(what, found)

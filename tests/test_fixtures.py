@@ -64,14 +64,18 @@ def two_stage(root):
     return fx_models.make_two_stage_frozen_graph(root / "two_stage")
 
 
-@pytest.fixture(scope="module")
-def two_stage_outputs(two_stage, images):
+def _two_stage_session(path):
     gd = tf.compat.v1.GraphDef()
-    gd.ParseFromString(two_stage.read_bytes())
+    gd.ParseFromString(path.read_bytes())
     g = tf.Graph()
     with g.as_default():
         tf.compat.v1.import_graph_def(gd, name="")
-    with tf.compat.v1.Session(graph=g) as sess:
+    return tf.compat.v1.Session(graph=g)
+
+
+@pytest.fixture(scope="module")
+def two_stage_outputs(two_stage, images):
+    with _two_stage_session(two_stage) as sess:
         fetch = [r + ":0" for r in ROLES]
         return {iid: dict(zip(ROLES, sess.run(fetch, {"image_tensor:0": img[None]}))) for iid, img in images}
 
@@ -263,12 +267,7 @@ def test_two_stage_graph_detects_and_batches(two_stage, two_stage_outputs, image
         s = o["detection_scores"][0][:n]
         assert n >= 1 and len(set(s.tolist())) == n and np.all(np.diff(s) < 0)
         assert set(o["detection_classes"][0][:n].tolist()) <= {1.0, 3.0}
-    gd = tf.compat.v1.GraphDef()
-    gd.ParseFromString(two_stage.read_bytes())
-    g = tf.Graph()
-    with g.as_default():
-        tf.compat.v1.import_graph_def(gd, name="")
-    with tf.compat.v1.Session(graph=g) as sess:
+    with _two_stage_session(two_stage) as sess:
         batch = np.stack([images[0][1], images[1][1]])
         out = dict(zip(ROLES, sess.run([r + ":0" for r in ROLES], {"image_tensor:0": batch})))
     assert out["detection_boxes"].shape == (2, 20, 4) and out["num_detections"].shape == (2,)
@@ -378,14 +377,9 @@ def test_unsafe_onnx_custom_domain(nested, tmp_path):
     model = onnx.load(str(fx_unsafe.make_custom_domain_onnx(tmp_path, nested=nested)))
     onnx.checker.check_model(model)
 
-    def nodes(graph):
-        for n in graph.node:
-            yield n
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    yield from nodes(a.g)
+    from detzoo.onnxcanon import walk_nodes
 
     top = {(n.domain, n.op_type) for n in model.graph.node}
     assert (("com.evil", "RunShell") in top) != nested
-    assert ("com.evil", "RunShell") in {(n.domain, n.op_type) for n in nodes(model.graph)}
+    assert ("com.evil", "RunShell") in {(n.domain, n.op_type) for n in walk_nodes(model.graph)}
     assert [o.name for o in model.graph.output] == list(ROLES)

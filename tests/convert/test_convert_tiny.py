@@ -7,6 +7,7 @@ import pytest
 from detzoo.convert import ConvertConfig, convert
 from detzoo.images import decode_image, list_images
 from detzoo.manifest import Manifest
+from detzoo.onnxcanon import walk_nodes
 from detzoo.runners import OrtRunner, source_runner
 from detzoo.source import open_source
 
@@ -77,17 +78,9 @@ def test_two_stage_graph_structure_survives_conversion(two_stage_graph, tmp_path
     assert r["nms_ops"].get("NonMaxSuppressionV3", 0) >= 2
     res = _convert(two_stage_graph, tmp_path / "e", shapes[0])
     model = onnx.load(res.artifact)
-    everywhere = {n.op_type for n in _all_nodes(model.graph)}
+    everywhere = {n.op_type for n in walk_nodes(model.graph)}
     assert "Loop" in {n.op_type for n in model.graph.node}
     assert {"NonMaxSuppression", "Resize"} <= everywhere  # NMS and CropAndResize (as a Loop of Resize)
-
-
-def _all_nodes(g):
-    for n in g.node:
-        yield n
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
 
 
 def test_force_replaces_entry_and_removes_stale_variants(shapes_saved_model, tmp_path, shapes):
