@@ -56,3 +56,51 @@ def inspect_model(path, input_name=None, output_names=None) -> dict:
             "num_classes": io.get("num_classes") if io else None,
             "refusals": refusals,
         }
+
+
+def inspect_onnx(path) -> dict:
+    """An ONNX artifact: IO, op census, refusals, and for int8 whether it is exact on every CPU."""
+    from pathlib import Path
+
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from detzoo.fsutil import sha256_file
+    from detzoo.onnxcanon import walk_nodes
+    from detzoo.quantize.weights import saturation_report
+    from detzoo.safety import scan_onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise DetzooError(f"ONNX model not found: {path}")
+    try:
+        model = onnx.load_from_string(path.read_bytes())
+    except (DecodeError, ValueError):
+        raise DetzooError(f"{path.name} is not a readable ONNX model") from None
+    refusals = []
+    try:
+        scan_onnx(model, f"ONNX model {path.name}")
+    except UnsafeModelError as e:
+        refusals.append(str(e))
+    ops = Counter(n.op_type for n in walk_nodes(model.graph))
+
+    def spec(vi):
+        t = vi.type.tensor_type
+        dims = ["?" if not d.HasField("dim_value") else d.dim_value for d in t.shape.dim]
+        return {"name": vi.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+                if t.elem_type else "?", "shape": dims}
+
+    int8 = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"} & set(ops)
+    return {
+        "source": {"format": "onnx", "path": str(path), "size": path.stat().st_size,
+                   "sha256": sha256_file(path),
+                   "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)},
+        "inputs": [spec(i) for i in model.graph.input],
+        "outputs": [spec(o) for o in model.graph.output],
+        "op_count": sum(ops.values()),
+        "op_census": dict(ops.most_common()),
+        "control_flow": {k: v for k, v in ops.items() if k in ("Loop", "If", "Scan")},
+        "nms_ops": {k: v for k, v in ops.items() if k == "NonMaxSuppression"},
+        "int8": saturation_report(model) if int8 else None,
+        "refusals": refusals,
+    }

@@ -44,6 +44,17 @@ def _user_errors(folder: Optional[Path] = None, quiet: bool = False):
         _fail(e)
 
 
+@app.callback()
+def _root():
+    """TensorFlow object-detection models to verified ONNX model-zoo artifacts."""
+    from detzoo.cpu import cpu_class
+
+    try:
+        cpu_class()  # a bad DETZOO_CPU_CLASS is bad input before any work starts
+    except DetzooError as e:
+        _fail(e)
+
+
 def _split_names(values: Optional[List[str]]) -> Optional[List[str]]:
     if not values:
         return None
@@ -56,14 +67,18 @@ def inspect(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
             output: Optional[List[str]] = typer.Option(None, "--output", help="4 output names, contract order"),
             as_json: bool = typer.Option(False, "--json", help="Print JSON")):
     """Print what detzoo detects in a model: format, IO, op census, control flow, NMS, refusals."""
-    from detzoo.convert.inspect import inspect_model
+    from detzoo.convert.inspect import inspect_model, inspect_onnx
 
     try:
-        report = inspect_model(source, input, _split_names(output))
+        onnx_file = source.suffix.lower() == ".onnx"
+        report = inspect_onnx(source) if onnx_file else inspect_model(source, input, _split_names(output))
     except DetzooError as e:
         _fail(e)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
+        return
+    if onnx_file:
+        _print_onnx(report)
         return
     src, io = report["source"], report["io"]
     typer.echo(f"format:        {src['format']}  ({src['path']}, {src['size'] / 1e6:.1f} MB, sha256 {src['sha256'][:16]}...)")
@@ -77,6 +92,29 @@ def inspect(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
     typer.echo(f"control flow:  {report['control_flow'] or 'none'}")
     typer.echo(f"tensor arrays: {report['tensor_arrays'] or 'none'}")
     typer.echo(f"NMS:           {report['nms_ops'] or 'none'}")
+    for r in report["refusals"]:
+        typer.echo(f"refuses:       {r}")
+
+
+def _print_onnx(report: dict) -> None:
+    src = report["source"]
+    typer.echo(f"format:        onnx opset {src['opset']}  ({src['path']}, {src['size'] / 1e6:.1f} MB, "
+               f"sha256 {src['sha256'][:16]}...)")
+    for i in report["inputs"]:
+        typer.echo(f"input:         {i['name']} {i['dtype']} {i['shape']}")
+    typer.echo(f"outputs:       {', '.join(o['name'] for o in report['outputs'])}")
+    typer.echo(f"ops:           {report['op_count']} ({', '.join(f'{k} {v}' for k, v in list(report['op_census'].items())[:12])}, ...)")
+    typer.echo(f"control flow:  {report['control_flow'] or 'none'}")
+    typer.echo(f"NMS:           {report['nms_ops'] or 'none'}")
+    q = report["int8"]
+    if q is None:
+        typer.echo("int8:          none (a float model)")
+    elif q["saturation_safe"]:
+        typer.echo(f"int8:          saturation-safe on every CPU: {q['gemm_weights_checked']} GEMM weights, largest "
+                   f"u8 x s8 pair {q['largest_pair_sum']} <= {q['bound']}; {q['depthwise_weights']} depthwise (int32)")
+    else:
+        typer.echo(f"int8:          NOT saturation-safe: {q['unsafe_count']} of {q['gemm_weights_checked']} GEMM weights "
+                   f"have a pair above {q['bound']} (largest {q['largest_pair_sum']}); exact only with VNNI or on ARM")
     for r in report["refusals"]:
         typer.echo(f"refuses:       {r}")
 
@@ -271,8 +309,18 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
                                                             "at most 256)"),
              calib_method: str = typer.Option("minmax", "--calib-method", help="minmax, entropy or percentile"),
              per_channel: bool = typer.Option(True, "--per-channel/--no-per-channel", help="Per-channel int8 weights"),
+             int8_target: str = typer.Option("portable", "--int8-target",
+                                             help="portable: exact on every CPU (no u8 x s8 pair can saturate "
+                                                  "without VNNI); vnni: full 8-bit weights, for VNNI/ARM only"),
              reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--no-reduce-range",
-                                                         help="7-bit weights (default: only without VNNI)"),
+                                                         help="--reduce-range: 7-bit weights everywhere "
+                                                              "(default: the target's bound)"),
+             bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction",
+                                                  help="int8: subtract the mean output shift of quantized weights"),
+             adaround: bool = typer.Option(False, "--adaround/--no-adaround",
+                                           help="int8: optimize weight rounding layer by layer (slower)"),
+             cle: bool = typer.Option(False, "--cle/--no-cle",
+                                      help="int8: cross-layer equalization first (see BENCHMARKS.md)"),
              max_drop: Optional[float] = typer.Option(None, "--max-drop",
                                                       help="int8: largest fidelity AP drop, in points; returns the "
                                                            "most sensitive nodes to float until it fits"),
@@ -290,7 +338,8 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
 
     try:
         cfg = QuantizeConfig(folder=folder, fp16=fp16, int8=int8, calib_images=calib_images, calib_count=calib_count,
-                             calib_method=calib_method, per_channel=per_channel, reduce_range=reduce_range,
+                             calib_method=calib_method, per_channel=per_channel, int8_target=int8_target,
+                             reduce_range=reduce_range, bias_correction=bias_correction, adaround=adaround, cle=cle,
                              max_drop=max_drop, check_images=check_images, check_limit=check_limit, threads=threads,
                              force=force, fp32_batch1=fp32_batch1)
         res = run_quantize(cfg, progress=None if quiet else (lambda msg: typer.echo(f"  {msg}")))
@@ -309,6 +358,8 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
         typer.echo(f"  {region:17s} {entry['nodes']:4d} nodes  {entry['precision'].split(' ')[0]:8s} {entry['why']}")
     if res.plan.excluded:
         typer.echo(f"  int8 keeps {len(res.plan.excluded)} network nodes float (reasons in manifest.json)")
+    for line in res.int8_lines():
+        typer.echo(line)
 
 
 # TensorFlow 2.21 prints these at import on the C++ side, whatever TF_CPP_MIN_LOG_LEVEL says.

@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from detzoo.cpu import machine_info  # noqa: F401  (recorded in every manifest)
 from detzoo.errors import DetzooError
 from detzoo.fsutil import atomic_write_json, commit, roll_forward, sha256_file
 from detzoo.source import IOSpec
@@ -37,26 +38,6 @@ def tool_versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
-
-
-def machine_info() -> dict:
-    """CPU model and the instruction-set flags int8 speed depends on."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and ":" in line:
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    import os
-
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-    return {"cpu": model, "cpu_count": os.cpu_count(), "flags": [f for f in wanted if f in flags],
-            "int8_dot_product": bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags),
-            "platform": platform.platform()}
 
 
 def _check_member(name: str, where: str) -> str:

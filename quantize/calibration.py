@@ -51,6 +51,7 @@ class CalibrationImages:
     files: list
     skipped: list = field(default_factory=list)
     overlap: list = field(default_factory=list)  # names whose content is also among the check images
+    sizes: dict = field(default_factory=dict)    # "WxH" -> how many of the images have that size
 
     @property
     def ids(self) -> list[str]:
@@ -64,7 +65,7 @@ class CalibrationImages:
 
     def to_json(self) -> dict:
         return {"folder": str(self.folder), "count": len(self.files), "ids": self.ids, "sha256": self.digest(),
-                "skipped": self.skipped, "overlap_with_check_images": self.overlap}
+                "skipped": self.skipped, "overlap_with_check_images": self.overlap, "sizes": self.sizes}
 
 
 def pick_calibration_images(folder: Path, count: int | None, check_files: list[Path] = (),
@@ -77,17 +78,18 @@ def pick_calibration_images(folder: Path, count: int | None, check_files: list[P
     if count is not None and count < 1:
         raise DetzooError(f"--calib-count must be >= 1, got {count}")
     files = list_images(folder)
-    usable, skipped = [], []
+    usable, skipped, sizes = [], [], {}
     limit = count if count is not None else at_most
     for p in files:
         if limit is not None and len(usable) == limit:
             break
         try:
-            decode_image(p)
+            h, w = decode_image(p).shape[:2]
         except ImageError as e:
             skipped.append(str(e))
             continue
         usable.append(p)
+        sizes[f"{w}x{h}"] = sizes.get(f"{w}x{h}", 0) + 1
     if not usable:
         raise DetzooError(f"calibration folder {folder} has no usable images ({len(skipped)} could not be decoded)")
     if count is not None and len(usable) < count:
@@ -95,7 +97,7 @@ def pick_calibration_images(folder: Path, count: int | None, check_files: list[P
                           f"{count} ({len(files)} image files, {len(skipped)} undecodable)")
     check_digests = {sha256_file(p) for p in check_files}
     overlap = [p.name for p in usable if sha256_file(p) in check_digests] if check_digests else []
-    return CalibrationImages(Path(folder), usable, skipped, overlap)
+    return CalibrationImages(Path(folder), usable, skipped, overlap, dict(sorted(sizes.items())))
 
 
 def model_input(model) -> tuple[str, int, list]:
@@ -158,9 +160,30 @@ def calibrate(model_path: Path, images: CalibrationImages, io: IOSpec, method: C
                                 calibrate_method=method.ort, extra_options=options)
         for start in range(0, len(images.files), chunk):
             cal.collect_data(ImageReader(images.files, io, name, start, chunk))
-        save_tensors_data(cal.compute_data(), cache_path)
+        save_tensors_data(snap_ranges(cal.compute_data()), cache_path)
         del cal
     return cache_path
+
+
+SNAP_BITS = 8  # ranges rounded outward to 1/256 of their magnitude's power of two
+
+
+def snap_ranges(data):
+    """Round every calibrated range outward onto a coarse grid (widening it by < 0.4%).
+
+    onnxruntime's float kernels differ between CPU families in the last bits, and so do the
+    activation extremes they produce; on the grid those differences almost never change a scale,
+    so the int8 bytes do not depend on which CPU calibrated them.
+    """
+    for td in data.data.values() if hasattr(data, "data") else ():
+        if not hasattr(td, "lowest"):
+            continue
+        lo, hi = np.asarray(td.lowest, np.float64), np.asarray(td.highest, np.float64)
+        mag = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), np.finfo(np.float32).tiny)
+        step = np.exp2(np.floor(np.log2(mag)) - SNAP_BITS)
+        td.lowest = (np.floor(lo / step) * step).astype(np.asarray(td.lowest).dtype)
+        td.highest = (np.ceil(hi / step) * step).astype(np.asarray(td.highest).dtype)
+    return data
 
 
 class _quiet:

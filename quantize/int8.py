@@ -13,9 +13,10 @@ What makes int8 fast here (measured on the real SSDLite, see benchmarks/bench_qu
 * The batch-1 pass (batch1.py) removes the map_fn Loops first, so quantization sees every node.
 * Per-channel weights: per-tensor weights cost 22 AP points (0.95 -> 0.74; the largest and
   smallest channel of a depthwise filter differ up to 237x in range) and were not faster.
-* reduce_range (7-bit weights) only helps CPUs without VNNI, where u8s8 products can saturate the
-  16-bit intermediate of VPMADDUBSW; it is chosen from the CPU unless set (on this VNNI CPU it
-  cost 9 AP points and gained no speed).
+* One artifact for every CPU (``Int8Target.PORTABLE``): nothing here reads the build machine's
+  CPU. Weights are bounded so that no u8 x s8 pair saturates VPMADDUBSW's int16 sum on x86
+  without VNNI (weights.py says how, and proves it per artifact); ``Int8Target.VNNI`` allows the
+  full 8-bit range for artifacts that will only run where the dot product accumulates in int32.
 * The image-facing stem convolution stays float (stem_exclusions); QOperator format, and keeping
   the Clip nodes, measured the same speed as QDQ. onnxruntime needs graph optimization level
   "all": at "extended" (no NHWC layout transform) int8 ran at 0.70x fp32 instead of 0.51x, at
@@ -35,6 +36,13 @@ from detzoo.quantize.calibration import CalibMethod
 from detzoo.quantize.plan import INT8_OPS, PrecisionPlan
 
 
+class Int8Target(str, enum.Enum):
+    """Which CPUs the int8 artifact must be exact on."""
+
+    PORTABLE = "portable"   # every CPU: no u8 x s8 weight pair can saturate VPMADDUBSW's int16 sum
+    VNNI = "vnni"           # full 8-bit weights: exact only where u8 x s8 accumulates in int32 (VNNI, ARM)
+
+
 class IntType(str, enum.Enum):
     UINT8 = "uint8"
     INT8 = "int8"
@@ -52,7 +60,10 @@ class Int8Settings:
 
     calib_method: CalibMethod = CalibMethod.MINMAX
     per_channel: bool = True
-    reduce_range: bool = False
+    target: Int8Target = Int8Target.PORTABLE
+    reduce_range: bool | None = None    # True: 7-bit weights everywhere; None: the target's choice
+    bias_correction: bool = True
+    adaround: bool = False
     activations: IntType = IntType.UINT8
     weights: IntType = IntType.INT8
     percentile: float = 99.999          # percentile calibration: the share of values kept in range
@@ -60,7 +71,8 @@ class Int8Settings:
     keep_removable_activations: bool = False  # True keeps Clip/Relu nodes (blocks fusion; for debugging)
 
     def __post_init__(self):
-        for name, enum_type in (("calib_method", CalibMethod), ("activations", IntType), ("weights", IntType)):
+        for name, enum_type in (("calib_method", CalibMethod), ("activations", IntType), ("weights", IntType),
+                                ("target", Int8Target)):
             value = getattr(self, name)
             try:
                 object.__setattr__(self, name, enum_type(value))
@@ -71,9 +83,29 @@ class Int8Settings:
             raise DetzooError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.histogram_bins is not None and self.histogram_bins < 16:
             raise DetzooError(f"histogram bins must be >= 16, got {self.histogram_bins}")
+        if self.target is Int8Target.VNNI and self.reduce_range:
+            raise DetzooError("--reduce-range (7-bit weights) contradicts --int8-target vnni (full 8-bit weights); "
+                              "expected one of the two")
+        if self.target is Int8Target.PORTABLE and self.reduce_range is False:
+            raise DetzooError("--no-reduce-range asks for full 8-bit weights, which saturate on x86 CPUs without "
+                              "VNNI, but --int8-target is portable; expected --int8-target vnni with it, or no "
+                              "--no-reduce-range")
         if self.activations is IntType.INT8 and self.weights is IntType.UINT8:
             raise DetzooError("int8 activations with uint8 weights have no onnxruntime kernel; "
                               "use uint8 activations or int8 weights")
+
+    @property
+    def weight_config(self):
+        from detzoo.quantize.weights import Bits, WeightConfig
+
+        if self.target is Int8Target.VNNI:
+            gemm = depthwise = Bits.EIGHT
+        elif self.reduce_range:
+            gemm = depthwise = Bits.SEVEN
+        else:
+            gemm, depthwise = Bits.PAIR_BOUND, Bits.EIGHT
+        return WeightConfig(gemm=gemm, depthwise=depthwise, adaround=self.adaround,
+                            bias_correction=self.bias_correction)
 
     @property
     def symmetric_activations(self) -> bool:
@@ -82,7 +114,9 @@ class Int8Settings:
     def quantize_kwargs(self) -> dict:
         from onnxruntime.quantization import QuantFormat
 
-        return {"quant_format": QuantFormat.QDQ, "per_channel": self.per_channel, "reduce_range": self.reduce_range,
+        # Portable: onnxruntime's own weights are 7-bit, so whatever the weight pass leaves alone is safe.
+        return {"quant_format": QuantFormat.QDQ, "per_channel": self.per_channel,
+                "reduce_range": self.target is Int8Target.PORTABLE,
                 "activation_type": self.activations.ort, "weight_type": self.weights.ort,
                 "calibrate_method": self.calib_method.ort}
 
@@ -103,7 +137,8 @@ class Int8Settings:
 
     def to_json(self) -> dict:
         return {"format": "QDQ", "calib_method": self.calib_method.value, "per_channel": self.per_channel,
-                "reduce_range": self.reduce_range, "activations": f"{self.activations.value} "
+                "target": self.target.value, "reduce_range": bool(self.reduce_range),
+                "weight_passes": self.weight_config.to_json(), "activations": f"{self.activations.value} "
                 + ("symmetric" if self.symmetric_activations else "asymmetric"),
                 "weights": f"{self.weights.value} symmetric", "percentile": self.percentile
                 if self.calib_method is CalibMethod.PERCENTILE else None,
@@ -215,11 +250,16 @@ def int8_op_types(plan: PrecisionPlan) -> list[str]:
 
 
 def quantize_int8(model_path: Path, plan: PrecisionPlan, settings: Int8Settings, cache_path: Path,
-                  out_path: Path) -> list[str]:
+                  out_path: Path, stats: dict | None = None) -> list[str]:
     """Write the QDQ model of ``model_path`` to ``out_path`` from calibrated ranges; returns the quantized nodes.
 
-    Float network nodes are guarded so that onnxruntime keeps them float (``guard_float_nodes``).
+    onnxruntime places the Q/DQ pairs and calibrated activation ranges; the weights and biases are
+    then rewritten by ``detzoo.quantize.weights`` (saturation-safe bit widths, bias correction and
+    rounding from the layer ``stats``). Float network nodes are guarded so that onnxruntime keeps
+    them float (``guard_float_nodes``).
     """
+    from detzoo.quantize.weights import requantize_weights
+
     import onnx
     from onnxruntime.quantization import quantize_static
 
@@ -231,11 +271,12 @@ def quantize_int8(model_path: Path, plan: PrecisionPlan, settings: Int8Settings,
                         calibration_cache_path=str(cache_path), nodes_to_quantize=nodes,
                         nodes_to_exclude=sorted(plan.excluded), op_types_to_quantize=int8_op_types(plan),
                         extra_options=settings.extra_options(), **settings.quantize_kwargs())
+    model = onnx.load(str(out_path))
+    requantize_weights(model, onnx.load(str(model_path)), settings.weight_config, stats)
     float_nodes = set(plan.network) - set(nodes)
     if float_nodes:
-        model = onnx.load(str(out_path))
-        if guard_float_nodes(model, float_nodes):
-            onnx.save(model, str(out_path))
+        guard_float_nodes(model, float_nodes)
+    onnx.save(model, str(out_path))
     return nodes
 
 

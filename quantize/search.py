@@ -23,6 +23,7 @@ import numpy as np
 
 from detzoo.quantize.calibration import ImageReader, model_input
 from detzoo.quantize.plan import COMPUTE_OPS, PrecisionPlan
+from detzoo.quantize.weights import is_depthwise
 
 FOLLOWERS = {"Clip", "Relu"}  # activations that fuse into the node before them: returned with it
 
@@ -42,27 +43,30 @@ class SearchStep:
 @dataclass
 class SearchLog:
     max_drop: float
+    target: float | None = None   # what the search aims at on the check images (<= max_drop)
     ranking: list = field(default_factory=list)  # (node, output noise-to-signal), most sensitive first
     steps: list = field(default_factory=list)
     met: bool = False
 
     def to_json(self) -> dict:
-        return {"max_drop_points": self.max_drop, "met": self.met,
+        return {"max_drop_points": self.max_drop, "target_points": self.target, "met": self.met,
                 "ranking": "output noise-to-signal of each node quantized alone (qdq_loss_debug SQNR at the "
                            "network outputs)",
                 "most_sensitive": [{"node": n, "output_nsr": float(f"{e:.3g}")} for n, e in self.ranking[:10]],
                 "steps": [s.to_json() for s in self.steps]}
 
 
-def _fake_quant_weight(w: np.ndarray, per_channel: bool, reduce_range: bool) -> np.ndarray:
-    """Symmetric int8 weights, dequantized: what the int8 variant computes with."""
-    qmax = 63.0 if reduce_range else 127.0
+def _fake_quant_weight(w: np.ndarray, per_channel: bool, bits) -> np.ndarray:
+    """Symmetric int8 weights at the artifact's bit width (weights.channel_scales), dequantized."""
+    from detzoo.quantize.weights import Bits, channel_scales
+
     if per_channel and w.ndim > 1:
-        scale = np.abs(w).reshape(w.shape[0], -1).max(axis=1) / qmax
-        scale = scale.reshape((-1,) + (1,) * (w.ndim - 1))
-    else:
-        scale = np.asarray(np.abs(w).max() / qmax)
-    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+        w2d = w.reshape(w.shape[0], -1)
+        scale, qmax = channel_scales(w2d, bits)
+        return (np.clip(np.round(w2d / scale[:, None]), -qmax, qmax) * scale[:, None]).reshape(w.shape) \
+            .astype(np.float32)
+    qmax = 127.0 if bits is Bits.EIGHT else 64.0   # per tensor: onnxruntime's own (reduce_range when portable)
+    scale = np.float32(np.abs(w).max() / qmax or 1.0)
     return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(np.float32)
 
 
@@ -76,7 +80,7 @@ def _activation_qparams(lo: float, hi: float, symmetric: bool) -> tuple[np.ndarr
 
 
 def rank_sensitivity(float_path: Path, plan: PrecisionPlan, quantized: list[str], cache_path: Path, settings,
-                     images: list, io) -> list[tuple[str, float]]:
+                     images: list, io, stats: dict | None = None) -> list[tuple[str, float]]:
     """Quantized compute nodes, most sensitive first, with the noise-to-signal their quantization causes."""
     import onnx
     import onnxruntime as ort
@@ -118,8 +122,18 @@ def rank_sensitivity(float_path: Path, plan: PrecisionPlan, quantized: list[str]
         target = next(n for n in mg.node if n.name == node.name)
         if len(target.input) > 1 and target.input[1] in inits:
             w = numpy_helper.to_array(inits[target.input[1]])
-            inits[target.input[1]].CopyFrom(numpy_helper.from_array(
-                _fake_quant_weight(w, settings.per_channel, settings.reduce_range), target.input[1]))
+            wc = settings.weight_config
+            bits = wc.depthwise if is_depthwise(target, list(w.shape)) else wc.gemm
+            fq = _fake_quant_weight(w, settings.per_channel, bits)
+            inits[target.input[1]].CopyFrom(numpy_helper.from_array(fq, target.input[1]))
+            st = (stats or {}).get(target.name)
+            if wc.bias_correction and st is not None and len(target.input) > 2 and target.input[2] in inits:
+                # the int8 variant's bias correction, so the ranking sees the error that remains
+                dw = (fq - w).reshape(w.shape[0], -1).astype(np.float64)
+                shift = np.einsum("ck,ck->c", dw, st.mean) if st.mean.ndim == 2 else dw @ st.mean
+                b = numpy_helper.to_array(inits[target.input[2]])
+                inits[target.input[2]].CopyFrom(numpy_helper.from_array((b - shift).astype(b.dtype),
+                                                                        target.input[2]))
         follow = [c for c in consumers.get(node.output[0], []) if c.op_type in FOLLOWERS and c.name in quantized_set]
         tensor = follow[0].output[0] if follow else node.output[0]
         fetch = list(heads)

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from detzoo.cli import app
 
 
-def run_cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+def run_cli(*args, env: dict | None = None):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False, env=env)
 
 
 def assert_user_error(result, code: int, *needles: str) -> str:

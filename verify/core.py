@@ -246,12 +246,42 @@ def _tuning_warning(manifest, name: str, evaluated_files: set) -> list[str]:
             "its drop here may be optimistic (tune on held-out images: quantize --check-images)"]
 
 
+def _speed_warning(model, lat, fp32_lat, cls: str) -> list[str]:
+    """The one plain line when int8 is not faster than fp32 on this CPU class."""
+    if model.precision != "int8" or lat is None or fp32_lat is None or fp32_lat.p50_ms <= 0:
+        return []
+    from detzoo.cpu import NOT_FASTER, speed_line
+
+    ratio = lat.p50_ms / fp32_lat.p50_ms
+    if ratio < NOT_FASTER:
+        return []
+    return [speed_line({"cpu_class": cls, "ratio": ratio, "int8_ms": lat.p50_ms, "fp32_ms": fp32_lat.p50_ms})]
+
+
+def _class_notes(manifest, cls: str) -> list[str]:
+    """Say when earlier numbers of this entry come from a CPU of another class (latency is never compared across)."""
+    notes = []
+    prev = (manifest.results.get("verify") or {}).get("cpu_class")
+    if prev and prev != cls:
+        notes.append(f"the entry's previous verification ran on a {prev} CPU, this one on {cls}: latency was "
+                     "measured afresh here and is not comparable with the earlier figures")
+    built = {n: (v.settings.get("machine") or {}).get("cpu_class") for n, v in manifest.variants.items()}
+    for name, b in built.items():
+        speed = manifest.variants[name].settings.get("speed_probe") or {}
+        if b and b != cls and speed:
+            notes.append(f"{name} was built on a {b} CPU; its build-time speed probe ({speed.get('ratio')}x fp32) "
+                         f"describes that class, not this {cls} one")
+    return notes
+
+
 def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys, models,
                   seconds, t_start) -> dict:
     ids = sorted(collected.sizes)
     evaluated_files = {r.path.name for r in records if r.image_id in collected.sizes}
     metric = "AP" if mode == "ground_truth" else "fidelity AP"
     src_lat = latency.get("source")
+    machine = machine_info()
+    cls = machine["cpu_class"]
     out_models, failed = {}, []
     for m in models:
         a = accuracy[m.name]
@@ -262,10 +292,11 @@ def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy,
             "fidelity": a.fidelity.to_json() if a.fidelity is not None else None,
             "agreement": a.agreement,
             "drop": a.drop, "drop_ci": a.drop_ci,
-            "latency": lat.to_json() if lat else None,
+            "latency": {**lat.to_json(), "cpu_class": cls} if lat else None,
             "speedup": round(src_lat.p50_ms / lat.p50_ms, 4) if lat and src_lat and lat.p50_ms > 0 else None,
             "inferences": collected.inferences[m.name], "cache_hits": collected.cache_hits[m.name],
-            "warnings": a.warnings + _tuning_warning(manifest, m.name, evaluated_files),
+            "warnings": a.warnings + _tuning_warning(manifest, m.name, evaluated_files)
+            + _speed_warning(m, lat, latency.get("fp32"), cls),
         }
         out_models[m.name] = entry
         if m.name != "source" and a.drop.get("AP") is not None and a.drop["AP"] * 100 > cfg.max_drop + 1e-9:
@@ -285,12 +316,13 @@ def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy,
                       if cfg.bootstrap else None),
         "latency": ({"runs": cfg.latency_runs, "warmup": next(iter(latency.values())).warmup, "images": latency_keys,
                      "threads": cfg.threads, "inter_op_threads": 1, "batch": 1, "timed": "model call only",
-                     "order": "round-robin over models"} if latency else None),
+                     "order": "round-robin over models", "cpu_class": cls} if latency else None),
+        "notes": _class_notes(manifest, cls),
         "threads": cfg.threads,
         "manifest": {"sha256_as_read": sha256_file(cfg.folder / MANIFEST), "source": manifest.source,
                      "variants": {n: {"file": v.file, "sha256": v.sha256, "precision": v.precision, "size": v.size}
                                   for n, v in manifest.variants.items()}},
-        "machine": machine_info(),
+        "machine": machine,
         "tool_versions": tool_versions(),
         "seconds": {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(time.perf_counter() - t_start, 3)},
     }
@@ -302,6 +334,7 @@ def _record_in_manifest(folder: Path, report: dict) -> None:
     m.results["verify"] = {
         "created": report["created"], "report": REPORT_JSON, "mode": report["mode"],
         "images": report["data"]["evaluated"], "threads": report["threads"], "gate": report["gate"],
+        "cpu_class": report["machine"]["cpu_class"],
         "models": {n: {"sha256": e["sha256"], "AP": e["coco"]["stats"]["AP"], "AP50": e["coco"]["stats"]["AP50"],
                        "drop_points": None if "AP" not in e["drop"] else round(e["drop"]["AP"] * 100, 4),
                        "drop_ci_points": (None if not e["drop_ci"] else

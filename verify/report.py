@@ -109,7 +109,9 @@ def render_markdown(r: dict) -> str:
                      f"{len(lat['images'])} fixed images, round-robin over models; {lat['threads']} intra-op "
                      f"thread(s) and 1 inter-op thread for TensorFlow and ONNX Runtime alike; model call only. "
                      f"CPU: {mach.get('cpu')} ({mach.get('cpu_count')} logical cores; "
-                     f"{', '.join(mach.get('flags', [])) or 'no AVX2/AVX-512 flags'}).")
+                     f"{', '.join(mach.get('flags', [])) or 'no AVX2/AVX-512 flags'}; class "
+                     f"{mach.get('cpu_class', 'unknown')}).")
+    notes += [f"Note: {n}." for n in r.get("notes", [])]
     out += notes + [""]
 
     for name, m in r["models"].items():

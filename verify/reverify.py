@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detzoo.cpu import cpu_class
 from detzoo.errors import DetzooError
 from detzoo.fsutil import sha256_path
 from detzoo.manifest import MANIFEST, Manifest, tool_versions
@@ -40,6 +41,8 @@ class ReverifyResult:
     drift: list = field(default_factory=list)       # Drift entries
     changed_tools: dict = field(default_factory=dict)
     images: int = 0
+    cpu_note: str | None = None                     # the recorded numbers come from another CPU class
+    latency: dict = field(default_factory=dict)     # model -> p50 ms, re-measured on this class
 
     @property
     def passed(self) -> bool:
@@ -48,6 +51,9 @@ class ReverifyResult:
     def lines(self) -> list[str]:
         out = [f"integrity: {p}" for p in self.integrity] + [f"drift: {d}" for d in self.drift]
         out += [f"tool changed: {k} {a} -> {b}" for k, (a, b) in self.changed_tools.items()]
+        if self.cpu_note:
+            out.append(f"cpu: {self.cpu_note}")
+            out += [f"latency here: {k} p50 {v:.1f} ms" for k, v in self.latency.items()]
         return out
 
 
@@ -81,6 +87,12 @@ def reverify(folder, tolerance: float = DEFAULT_TOLERANCE, console=None) -> Reve
         return result
     data = recorded["data"]
     variants = [n for n in recorded["models"] if n != "source"]
+    was, here = (recorded.get("machine") or {}).get("cpu_class"), cpu_class()
+    runs = 0
+    if was and was != here:  # latency belongs to a CPU class: measure it here instead of comparing
+        runs = (recorded.get("latency") or {}).get("runs") or 50
+        result.cpu_note = (f"recorded on a {was} CPU, this machine is {here}: latency re-measured here "
+                           f"({runs} runs), not compared with the recorded figures")
     with tempfile.TemporaryDirectory(prefix="detzoo-reverify-") as tmp:
         scratch = Path(tmp)
         shutil.copy2(folder / MANIFEST, scratch / MANIFEST)
@@ -91,10 +103,12 @@ def reverify(folder, tolerance: float = DEFAULT_TOLERANCE, console=None) -> Reve
                 shutil.copy2(folder / v.file, scratch / v.file)
         # An infinite budget: drift, not the gate, is what reverify judges.
         now = verify(VerifyConfig(folder=scratch, images=data["images_dir"], annotations=data.get("annotations"),
-                                  limit=data.get("limit"), threads=recorded.get("threads", 1), latency_runs=0,
+                                  limit=data.get("limit"), threads=recorded.get("threads", 1), latency_runs=runs,
                                   max_drop=float("inf"), variants=variants, use_cache=False,
                                   reference_threshold=recorded["reference_threshold"]), console).report
     result.images = now["data"]["evaluated"]
+    if runs:
+        result.latency = {k: e["latency"]["p50_ms"] for k, e in now["models"].items() if e.get("latency")}
     if now["data"]["image_ids"] != data["image_ids"]:
         result.drift.append(Drift("data", "image ids", len(data["image_ids"]), len(now["data"]["image_ids"]), 0))
     for name, old in recorded["models"].items():

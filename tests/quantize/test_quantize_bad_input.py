@@ -146,3 +146,34 @@ def test_sigkill_mid_way_leaves_folder_intact(sm_entry, shapes_split):
     assert proc.returncode == -signal.SIGKILL
     after = {k: v for k, v in snapshot(sm_entry).items() if not k.startswith(".detzoo-tmp-")}
     assert after == before
+
+
+def test_a_cpu_class_that_does_not_exist(sm_entry):
+    before = snapshot(sm_entry)
+    r = run_cli("quantize", sm_entry, "--quiet", env={"DETZOO_CPU_CLASS": "avx3"})
+    assert_user_error(r, 2, "DETZOO_CPU_CLASS='avx3'", "vnni, avx512, avx2, arm")
+    assert snapshot(sm_entry) == before
+
+
+@pytest.mark.parametrize("flags, words", [
+    (("--reduce-range", "--int8-target", "vnni"), ("--reduce-range", "contradicts --int8-target vnni")),
+    (("--no-reduce-range",), ("--no-reduce-range", "saturate", "--int8-target vnni")),
+    (("--int8-target", "avx3"), ("target must be one of", "'avx3'")),
+])
+def test_reduce_range_against_the_int8_target(sm_entry, flags, words):
+    before = snapshot(sm_entry)
+    assert_user_error(_q(sm_entry, *flags), 2, *words)
+    assert snapshot(sm_entry) == before
+
+
+def test_calibration_images_of_one_other_size_work_and_say_so(sm_entry, shapes_split, tmp_path):
+    from PIL import Image
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for p in sorted(shapes_split[0].iterdir())[:4]:
+        Image.open(p).convert("RGB").resize((97, 61)).save(calib / (p.stem + ".png"))
+    r = run_cli("quantize", sm_entry, "--no-fp16", "--calib-images", calib, "--check-images", shapes_split[1])
+    assert r.exit_code == 0, r.output
+    assert "all 4 calibration images are 97x61" in r.stderr
+    assert Manifest.load(sm_entry).variants["int8"].settings["calibration"]["sizes"] == {"97x61": 4}

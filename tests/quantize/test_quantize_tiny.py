@@ -47,7 +47,10 @@ def test_fp16_and_int8_recorded_and_runnable(sm_entry, shapes_split):
                                                                            list_images(shapes_split[0])[:6]]
     assert s["int8"]["activations"] == "uint8 asymmetric" and s["int8"]["per_channel"] is True
     assert s["excluded_nodes"] and all("image-facing convolution" in w for w in s["excluded_nodes"].values())
-    assert "int8_dot_product" in s["machine"]
+    assert "int8_dot_product" in s["machine"] and s["machine"]["cpu_class"] in ("vnni", "avx512", "avx2", "arm", "other")
+    assert s["portability"]["saturation_safe"] and s["portability"]["largest_pair_sum"] <= 128
+    assert s["int8"]["target"] == "portable" and s["int8"]["weight_passes"]["bias_correction"] is True
+    assert s["speed_probe"]["cpu_class"] == s["machine"]["cpu_class"] and s["speed_probe"]["int8_ms"] > 0
     assert s["check_images"]["count"] == len(list_images(shapes_split[1]))
     types = {n.op_type for n in onnx.load(sm_entry / m.variants["int8"].file).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= types
@@ -116,7 +119,31 @@ def test_per_tensor_and_reduce_range_are_recorded(sm_entry, shapes_split):
     quantize(_cfg(sm_entry, shapes_split, fp16=False, calib_count=4, per_channel=False, reduce_range=True))
     s = Manifest.load(sm_entry).variants["int8"].settings
     assert s["int8"]["per_channel"] is False and s["int8"]["reduce_range"] is True
-    assert s["reduce_range_chosen"] == "given"
+    assert s["int8"]["weight_passes"]["gemm_weights"] == "7-bit [-64, 64]"
+    assert s["portability"]["saturation_safe"] and s["portability"]["largest_pair_sum"] <= 128
+
+
+def test_int8_bytes_do_not_depend_on_the_cpu_class(sm_fp32_dir, shapes_split, tmp_path, monkeypatch):
+    """One artifact for every CPU: forcing each class gives the same bytes, and the class is recorded."""
+    shas = {}
+    for cls in ("vnni", "avx2", "arm"):
+        monkeypatch.setenv("DETZOO_CPU_CLASS", cls)
+        entry = _copy(sm_fp32_dir, tmp_path, f"entry_{cls}")
+        quantize(_cfg(entry, shapes_split, fp16=False, calib_count=4))
+        v = Manifest.load(entry).variants["int8"]
+        assert v.settings["machine"]["cpu_class"] == cls and v.settings["machine"]["cpu_class_forced"]
+        assert v.settings["speed_probe"]["cpu_class"] == cls
+        shas[cls] = v.sha256
+    assert len(set(shas.values())) == 1, shas
+
+
+def test_vnni_target_keeps_full_8_bit_weights_and_says_it_is_not_portable(sm_entry, shapes_split):
+    res = quantize(_cfg(sm_entry, shapes_split, fp16=False, calib_count=4, int8_target="vnni"))
+    s = Manifest.load(sm_entry).variants["int8"].settings
+    assert s["int8"]["target"] == "vnni" and s["int8"]["weight_passes"]["gemm_weights"] == "8-bit [-127, 127]"
+    assert not s["portability"]["saturation_safe"] and s["portability"]["largest_pair_sum"] > 128
+    assert any("saturate on x86 CPUs without VNNI" in w for w in res.warnings)
+    assert any("NOT saturation-safe" in line for line in res.int8_lines())
 
 
 def test_fp32_batch1_variant_is_parity_checked(sm_entry, shapes_split):
