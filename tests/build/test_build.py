@@ -96,3 +96,34 @@ def test_reverify_detects_changed_metric(tiny_entry, tmp_path):
 def test_build_bad_options(tmp_path, args, needle):
     assert_user_error(run_cli("build", "--out", tmp_path / "o", *args), 2, needle)
     assert not (tmp_path / "o").exists()
+
+
+def test_reverify_on_another_cpu_class_remeasures_latency_instead_of_comparing(tiny_entry, tmp_path):
+    entry = tmp_path / "e"
+    shutil.copytree(tiny_entry, entry)
+    here = json.loads((entry / "report.json").read_text())["machine"]["cpu_class"]
+    other = "arm" if here != "arm" else "vnni"
+    r = run_cli("reverify", entry, "--quiet", env={"DETZOO_CPU_CLASS": other})
+    assert r.exit_code == 0, r.output
+    assert f"cpu: recorded on a {here} CPU, this machine is {other}: latency re-measured here" in r.output
+    assert "latency here: int8 p50" in r.output and "latency here: source p50" in r.output
+    same = run_cli("reverify", entry, "--quiet")
+    assert same.exit_code == 0 and "latency here" not in same.output and "cpu:" not in same.output
+
+
+def test_verify_records_the_cpu_class_and_says_when_it_changed(tiny_entry, tmp_path, shapes):
+    entry = tmp_path / "e"
+    shutil.copytree(tiny_entry, entry)
+    report = json.loads((entry / "report.json").read_text())
+    here = report["machine"]["cpu_class"]
+    assert report["latency"]["cpu_class"] == here and report["models"]["int8"]["latency"]["cpu_class"] == here
+    assert Manifest.load(entry).results["verify"]["cpu_class"] == here
+    other = "arm" if here != "arm" else "vnni"
+    r = run_cli("verify", entry, "--images", shapes[0], "--annotations", shapes[1], "--latency-runs", "2",
+                "--max-drop", "5", "--quiet", env={"DETZOO_CPU_CLASS": other})
+    assert r.exit_code == 0, r.output
+    again = json.loads((entry / "report.json").read_text())
+    assert again["machine"]["cpu_class"] == other and again["latency"]["cpu_class"] == other
+    assert any(f"previous verification ran on a {here} CPU, this one on {other}" in n for n in again["notes"])
+    assert any(f"int8 was built on a {here} CPU" in n for n in again["notes"])
+    assert f"previous verification ran on a {here} CPU" in (entry / "REPORT.md").read_text()

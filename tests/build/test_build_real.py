@@ -22,7 +22,7 @@ def test_default_build_produces_a_verified_zoo_entry(tmp_path):
     models = report["models"]
     assert models["fp32"]["fidelity"]["stats"]["AP"] >= 0.99
     assert models["fp16"]["fidelity"]["stats"]["AP"] >= 0.98
-    assert models["int8"]["fidelity"]["stats"]["AP"] >= 0.90
+    assert models["int8"]["fidelity"]["stats"]["AP"] >= 0.99   # --max-drop 1 holds on the evaluation frames
     # calibration frames never overlap the evaluation frames
     calib = set(m.variants["int8"].settings["calibration"]["ids"])
     evaluated = {p.name for p in list_images(report["data"]["images_dir"])}

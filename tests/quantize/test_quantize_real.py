@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import statistics
-
 import numpy as np
 import onnx
 import pytest
@@ -42,7 +40,8 @@ def test_int8_targets_and_plan(quantized):
     entry, res = quantized
     m = Manifest.load(entry)
     s = m.variants["int8"].settings
-    assert res.fidelity["int8"]["fidelity_ap"] >= 0.90 and res.fidelity["int8"]["fidelity_ap50"] >= 0.98
+    # The portable artifact computes the same on every CPU class, so one floor holds everywhere.
+    assert res.fidelity["int8"]["fidelity_ap"] >= 0.97 and res.fidelity["int8"]["fidelity_ap50"] >= 0.98
     assert [lp["inlined"] for lp in s["batch1"]["loops"]] == [True, True]
     regions = s["plan"]["regions"]
     assert regions["network"]["ops"]["Conv"] == 88
@@ -54,23 +53,10 @@ def test_int8_targets_and_plan(quantized):
                                                 or "avx_vnni" in s["machine"]["flags"])
     ops = [n.op_type for n in onnx.load(entry / m.variants["int8"].file).graph.node]
     assert ops.count("Clip") <= 2  # Relu6 folded into the quantization range everywhere but the float stem
-
-
-def test_int8_is_faster_than_fp32_side_by_side(quantized):
-    entry, _ = quantized
-    m = Manifest.load(entry)
-    batches = [preprocess(decode_image(p), m.io) for p in list_images(demo_dir("eval"))[:20]]
-    with OrtRunner(entry / m.variants["fp32"].file, m.io) as a, OrtRunner(entry / m.variants["int8"].file, m.io) as b:
-        for r in (a, b):
-            r.infer(batches[0])
-        ta, tb = [], []
-        for batch in batches * 2:
-            a.infer(batch)
-            ta.append(a.last_inference_time)
-            b.infer(batch)
-            tb.append(b.last_inference_time)
-    # Measured 0.49-0.51 on a shared 2-core EPYC; the bound leaves room for a noisy neighbour.
-    assert statistics.median(tb) / statistics.median(ta) < 0.75
+    port = s["portability"]
+    assert port["saturation_safe"] and port["largest_pair_sum"] <= 128 and port["depthwise_weights"] == 33
+    assert s["int8"]["weight_passes"]["bias_correction"] and s["int8"]["target"] == "portable"
+    assert s["speed_probe"]["cpu_class"] == s["machine"]["cpu_class"]
 
 
 def test_batch1_specialization_is_exact(real_fp32_dir, tmp_path):
@@ -90,8 +76,8 @@ def test_batch1_specialization_is_exact(real_fp32_dir, tmp_path):
 def test_max_drop_search_on_the_real_model(real_fp32_copy):
     res = quantize(QuantizeConfig(folder=real_fp32_copy, fp16=False, max_drop=1.0))
     log = res.search
-    assert log["met"] and res.fidelity["int8"]["drop_points"] <= 1.0
-    assert len(log["steps"]) >= 2 and log["steps"][0]["drop_points"] > 1.0
+    assert log["met"] and res.fidelity["int8"]["drop_points"] <= log["target_points"] == 0.5
+    assert len(log["steps"]) >= 2 and log["steps"][0]["drop_points"] > 0.5   # bias-corrected int8: ~1.6 points
     s = Manifest.load(real_fp32_copy).variants["int8"].settings
     assert s["accuracy_search"]["most_sensitive"][0]["output_nsr"] > 0
     for step in log["steps"][1:]:
@@ -101,6 +87,6 @@ def test_max_drop_search_on_the_real_model(real_fp32_copy):
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_other_calibration_methods(real_fp32_copy, method):
     res = quantize(QuantizeConfig(folder=real_fp32_copy, fp16=False, calib_method=method, calib_count=12))
-    assert res.fidelity["int8"]["fidelity_ap"] >= 0.90
+    assert res.fidelity["int8"]["fidelity_ap"] >= 0.95
     s = Manifest.load(real_fp32_copy).variants["int8"].settings
     assert s["int8"]["calib_method"] == method and s["calibration"]["count"] == 12
