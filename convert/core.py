@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detzoo.errors import CheckFailed, DetzooError
+from detzoo.errors import CheckFailed, DetzooError, InternalError, first_line
 from detzoo.fsutil import remove_stale_temporaries, sha256_file, staging
 from detzoo.images import demo_dir
 from detzoo.manifest import MANIFEST, Manifest, Variant
@@ -93,8 +93,12 @@ def run_tf2onnx(src: ModelSource, io: IOSpec, opset: int):
     """Convert with tf2onnx; returns the ONNX ModelProto with outputs as tf2onnx names them."""
     _quiet_tf2onnx()
     import tf2onnx
-    from tf2onnx import tf_loader
+    from tf2onnx import tf_loader, utils
 
+    # tf2onnx numbers generated names with a process-wide counter, and some of its passes iterate
+    # over sets of those names: a second conversion in the same process started from a higher count
+    # and could come out different. Every conversion starts where a fresh process does.
+    utils.INTERNAL_NAME = 1
     buf = _io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
@@ -115,9 +119,8 @@ def run_tf2onnx(src: ModelSource, io: IOSpec, opset: int):
                 model, _ = tf2onnx.convert.from_tflite(str(src.path), opset=opset)
     except DetzooError:
         raise
-    except Exception as e:  # tf2onnx raises bare exceptions of many kinds
-        raise DetzooError(f"tf2onnx could not convert {src.path.name}: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from None
+    except Exception as e:  # tf2onnx raises bare exceptions of many kinds; the model passed every check
+        raise InternalError(f"tf2onnx could not convert {src.path.name}: {type(e).__name__}: {first_line(e)}") from e
     return model
 
 
@@ -196,12 +199,14 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
                               settings={"opset": cfg.opset, "input": cfg.input_name, "output": cfg.output_names,
                                         "onnx_input": model.graph.input[0].name,
                                         "onnx_outputs": [o.name for o in model.graph.output],
-                                        "conversion_seconds": round(conversion_seconds, 3)})
+                                        "conversion_seconds": round(conversion_seconds, 3),
+                                        "allow_unsafe_ops": cfg.allow_unsafe_ops})
             parity = None
             if cfg.check:
                 images = cfg.check_images or demo_dir("eval")
-                with source_runner(src.format, src.path, io, cfg.threads) as s_run, \
-                        OrtRunner(tmp, io, cfg.threads) as o_run:
+                with source_runner(src.format, src.path, io, cfg.threads,
+                                   allow_unsafe_ops=cfg.allow_unsafe_ops) as s_run, \
+                        OrtRunner(tmp, io, cfg.threads, allow_unsafe_ops=cfg.allow_unsafe_ops) as o_run:
                     parity = check_parity(s_run, o_run, images, cfg.tolerance, cfg.check_limit)
                 variant.checks["parity"] = {**parity.to_json(), "images_dir": str(images)}
             manifest = Manifest(name=name, source=src.describe(), io=io, variants={"fp32": variant})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from detzoo.errors import DetzooError
-from detzoo.safety import scan_graph_def, scan_tflite
+from detzoo.safety import scan_graph_def, scan_saved_model, scan_tflite
 from detzoo.source import ModelFormat, ModelSource, load_graph_def, load_saved_model_signature, tflite_interpreter
 
 
@@ -17,9 +17,7 @@ def load_model_graph(src: ModelSource, allow_unsafe_ops: bool = False):
     if src.format == ModelFormat.SAVED_MODEL:
         meta, sig = load_saved_model_signature(src.path)
         if not allow_unsafe_ops:
-            scope = meta.saver_def.filename_tensor_name.split("/")[0] if meta.saver_def.filename_tensor_name else ""
-            scan_graph_def(meta.graph_def, f"SavedModel {src.path}",
-                           saver_scopes=tuple(s for s in (scope + "/", "saver_filename", "save/") if s != "/"))
+            scan_saved_model(meta, f"SavedModel {src.path}")
         return meta, sig
     if src.format == ModelFormat.TFLITE:
         interp = tflite_interpreter(src.path)

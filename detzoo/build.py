@@ -89,6 +89,7 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
         # The accuracy-aware int8 search checks on held-out images: the demo check frames by default
         # (disjoint from calibration and evaluation), else the user's evaluation images (verify warns).
         quantize(QuantizeConfig(folder=cfg.out, fp16="fp16" in quantized, int8="int8" in quantized,
+                                allow_unsafe_ops=cfg.allow_unsafe_ops,
                                 calib_images=cfg.calib_images, check_images=cfg.images, threads=cfg.threads,
                                 max_drop=cfg.max_drop if "int8" in quantized else None, force=True),
                  progress=lambda msg: say(f"  {msg}"))
@@ -98,6 +99,7 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
     failure = None
     try:
         verify(VerifyConfig(folder=cfg.out, images=cfg.images, annotations=cfg.annotations, limit=cfg.limit,
+                            allow_unsafe_ops=cfg.allow_unsafe_ops,
                             threads=cfg.threads, latency_runs=cfg.latency_runs, max_drop=cfg.max_drop,
                             bootstrap=cfg.bootstrap, variants=cfg.precisions), console)
     except CheckFailed as e:  # the report is written; finish the entry, then fail

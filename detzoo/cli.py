@@ -1,13 +1,16 @@
 """The ``detzoo`` command line: each command parses, calls one library function, prints.
 
 Heavy libraries are imported inside the commands so ``detzoo --help`` is instant. User errors are
-printed as one line without a traceback: exit 2 for bad input, exit 1 for a failed check.
+printed as one line without a traceback: exit 2 for bad input, exit 1 for a failed check; anything
+else is detzoo's own failure: exit 3, one line, the traceback in a log file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -176,6 +179,7 @@ def verify(folder: Path = typer.Argument(..., help="Output folder holding manife
                                                           "default: start a local cluster)"),
            shards: Optional[int] = typer.Option(None, "--shards", help="With --ray: shards per model "
                                                 "(default: cluster CPUs / --threads)"),
+           allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
            quiet: bool = typer.Option(False, "--quiet", help="No progress bars, warnings or summary")):
     """Measure every artifact against its source (COCO AP, agreement, latency); exit 1 if a drop exceeds --max-drop."""
     from rich.console import Console
@@ -186,7 +190,8 @@ def verify(folder: Path = typer.Argument(..., help="Output folder holding manife
     with _user_errors(folder, quiet):
         cfg = VerifyConfig(folder=folder, images=images, annotations=annotations, limit=limit, threads=threads,
                            latency_runs=latency_runs, max_drop=max_drop, bootstrap=bootstrap,
-                           variants=_split_names(variants), reference_threshold=reference_threshold)
+                           variants=_split_names(variants), reference_threshold=reference_threshold,
+                           allow_unsafe_ops=allow_unsafe_ops)
         if shard is not None and ray:
             raise DetzooError("--shard and --ray exclude each other: --shard runs one shard here, --ray runs all")
         if shards is not None and not ray:
@@ -222,6 +227,7 @@ def merge(folder: Path = typer.Argument(..., help="Output folder whose shards ra
           bootstrap: int = typer.Option(0, "--bootstrap", help="Resamples for a 95% CI on the drop (0: none)"),
           reference_threshold: float = typer.Option(0.5, "--reference-threshold",
                                                     help="Reference mode: source detections >= this are the truth"),
+          allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bars, warnings or summary")):
     """Combine all shards of DIR into one report, the one an unsharded verify writes; exit 1 as verify does."""
     from rich.console import Console
@@ -231,7 +237,7 @@ def merge(folder: Path = typer.Argument(..., help="Output folder whose shards ra
     with _user_errors(folder, quiet):
         res = run_merge(folder, images=images, annotations=annotations, max_drop=max_drop, bootstrap=bootstrap,
                         reference_threshold=reference_threshold, latency_runs=latency_runs, threads=threads,
-                        console=None if quiet else Console(stderr=True))
+                        allow_unsafe_ops=allow_unsafe_ops, console=None if quiet else Console(stderr=True))
     if not quiet:
         typer.echo(_summary(folder))
         typer.echo(f"wrote {res.report_json} and {res.report_md}")
@@ -277,6 +283,7 @@ def build(source: Optional[Path] = typer.Argument(None, help="TF model (default:
 @app.command()
 def reverify(folder: Path = typer.Argument(..., help="A zoo entry made by 'detzoo build' or 'detzoo verify'"),
              tolerance: float = typer.Option(0.002, "--tolerance", help="Allowed move of a COCO stat (AP units)"),
+             allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
              quiet: bool = typer.Option(False, "--quiet", help="No progress output")):
     """Replay a zoo entry: check every sha256, re-run verification, exit 1 on drift."""
     from rich.console import Console
@@ -286,7 +293,7 @@ def reverify(folder: Path = typer.Argument(..., help="A zoo entry made by 'detzo
     if not tolerance >= 0:
         _fail(DetzooError(f"--tolerance must be >= 0, got {tolerance}"))
     try:
-        res = run_reverify(folder, tolerance, None if quiet else Console(stderr=True))
+        res = run_reverify(folder, tolerance, None if quiet else Console(stderr=True), allow_unsafe_ops)
     except DetzooError as e:
         _fail(e)
     for line in res.lines():
@@ -332,6 +339,7 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
                                               help="Also add <name>.fp32-batch1.onnx: fp32 with Loops inlined "
                                                    "(parity-checked)"),
              force: bool = typer.Option(False, "--force", help="Replace existing fp16/int8 artifacts"),
+             allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
              quiet: bool = typer.Option(False, "--quiet", help="No progress lines")):
     """Add fp16 and int8 variants of the fp32 artifact to FOLDER and record them in its manifest."""
     from detzoo.quantize import QuantizeConfig, quantize as run_quantize
@@ -341,7 +349,7 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
                              calib_method=calib_method, per_channel=per_channel, int8_target=int8_target,
                              reduce_range=reduce_range, bias_correction=bias_correction, adaround=adaround, cle=cle,
                              max_drop=max_drop, check_images=check_images, check_limit=check_limit, threads=threads,
-                             force=force, fp32_batch1=fp32_batch1)
+                             force=force, fp32_batch1=fp32_batch1, allow_unsafe_ops=allow_unsafe_ops)
         res = run_quantize(cfg, progress=None if quiet else (lambda msg: typer.echo(f"  {msg}")))
     except DetzooError as e:
         _fail(e)
@@ -362,9 +370,17 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
         typer.echo(line)
 
 
-# TensorFlow 2.21 prints these at import on the C++ side, whatever TF_CPP_MIN_LOG_LEVEL says.
-_NATIVE_NOISE = (b"WARNING: All log messages before absl::InitializeLog() is called",
-                 b"oneDNN custom operations are on")
+# Start-up lines of TensorFlow's and onnxruntime's C++ sides, which ignore TF_CPP_MIN_LOG_LEVEL in
+# part: absl-style ("W0000 00:00:...  file.cc:12] ..."), TF's own ("2026-01-01 00:00:00.0: I tensorflow/..."),
+# onnxruntime's ("[W:onnxruntime:...]"), and the few that come without a prefix.
+_NATIVE_NOISE = re.compile(
+    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"
+    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+    rb"|.*\[[IWE]:onnxruntime:"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|To enable the following instructions: .*rebuild TensorFlow"
+    rb"|.*Could not find cuda drivers on your machine"
+    rb"|.*oneDNN custom operations are on)")
 
 
 def _filter_native_stderr() -> None:
@@ -372,7 +388,6 @@ def _filter_native_stderr() -> None:
 
     Python's own stderr (errors, progress bars) keeps a direct copy of the terminal."""
     import atexit
-    import os
     import threading
 
     saved = os.dup(2)
@@ -384,7 +399,7 @@ def _filter_native_stderr() -> None:
     def pump():
         with os.fdopen(r, "rb") as f:
             for line in f:
-                if not any(n in line for n in _NATIVE_NOISE):
+                if not _NATIVE_NOISE.match(line):
                     os.write(saved, line)
 
     t = threading.Thread(target=pump, daemon=True)
@@ -397,18 +412,50 @@ def _filter_native_stderr() -> None:
     atexit.register(drain)
 
 
-def main() -> None:
-    """Console entry point."""
-    import os
+def _internal_error(e: BaseException) -> int:
+    """detzoo's own failure: one line, the traceback in a log file whose path is printed, exit 3."""
+    import tempfile
+    import time
+    import traceback
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if len(sys.argv) > 1 and sys.argv[1] not in ("--help", "-h"):
-        _filter_native_stderr()
+    from detzoo.errors import first_line
+
+    log_dir = Path(os.environ.get("DETZOO_LOG_DIR") or tempfile.gettempdir())
+    log = log_dir / f"detzoo-internal-error-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"detzoo {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(e)))
+        where = f"traceback in {log}"
+    except OSError as err:
+        where = f"no log written ({first_line(err)})"
+    typer.echo(f"detzoo: internal error (please report): {type(e).__name__}: {first_line(e)}; {where}", err=True)
+    return 3
+
+
+def main() -> None:
+    """Console entry point. ``--verbose`` anywhere on the line lets TensorFlow's and onnxruntime's
+    start-up logs through; exit 3 is detzoo's own failure (see ``_internal_error``)."""
+    if os.environ.get("PYTHONHASHSEED") != "0" and Path(sys.argv[0]).is_file():
+        # tf2onnx's output depends on the order Python iterates over sets of names, which string
+        # hashing randomizes per process: pin it, so equal inputs give byte-identical artifacts.
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    verbose = "--verbose" in sys.argv[1:]
+    if verbose:
+        sys.argv.remove("--verbose")
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if len(sys.argv) > 1 and sys.argv[1] not in ("--help", "-h"):
+            _filter_native_stderr()
     try:
         app()
     except KeyboardInterrupt:
         typer.echo("detzoo: interrupted", err=True)
         sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - everything that is not the user's: exit 3, traceback logged
+        sys.exit(_internal_error(e))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,20 @@ class CheckFailed(DetzooError):
     exit_code = 1
 
 
+class InternalError(Exception):
+    """A failure that is not the user's: detzoo's own bug or a tool it drives crashing (exit 3).
+
+    The CLI prints one line and writes the traceback (of this error and its cause) to a log file."""
+
+    exit_code = 3
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else type(e).__name__
+
+
 def expect(condition: bool, message: str) -> None:
     """Raise ``DetzooError(message)`` unless ``condition``; used instead of ``assert`` on user input."""
     if not condition:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from detzoo.detections import Detections
-from detzoo.errors import DetzooError
+from detzoo.errors import DetzooError, first_line
 from detzoo.source import ModelFormat, IOSpec
 
 
@@ -38,7 +38,7 @@ class Runner(abc.ABC):
 
     framework = ""
 
-    def __init__(self, path: str | Path, io: IOSpec, threads: int = 1, label: str = ""):
+    def __init__(self, path: str | Path, io: IOSpec, threads: int = 1, label: str = "", allow_unsafe_ops: bool = False):
         if threads < 1:
             raise DetzooError(f"threads must be >= 1, got {threads}")
         self.path = Path(path)
@@ -47,6 +47,7 @@ class Runner(abc.ABC):
         self.label = label or self.path.name
         self.last_inference_time = 0.0
         self.active = False
+        self.allow_unsafe_ops = allow_unsafe_ops  # every runner scans what it loads unless this is set
 
     def __enter__(self):
         self.activate()
@@ -108,6 +109,10 @@ class TFGraphRunner(Runner):
         from detzoo.source import load_graph_def
 
         gd = load_graph_def(self.path)
+        if not self.allow_unsafe_ops:
+            from detzoo.safety import scan_graph_def
+
+            scan_graph_def(gd, f"graph {self.path.name}")
         self._graph = tf.Graph()
         with self._graph.as_default():
             tf.compat.v1.import_graph_def(gd, name="")
@@ -132,7 +137,11 @@ class TFSavedModelRunner(Runner):
 
         from detzoo.source import load_saved_model_signature
 
-        _, sig = load_saved_model_signature(self.path)
+        meta, sig = load_saved_model_signature(self.path)
+        if not self.allow_unsafe_ops:
+            from detzoo.safety import scan_saved_model
+
+            scan_saved_model(meta, f"SavedModel {self.path}")
         self._graph = tf.Graph()
         self._sess = tf.compat.v1.Session(graph=self._graph, config=_tf_session_config(self.threads))
         with self._graph.as_default():
@@ -157,6 +166,10 @@ class TFLiteRunner(Runner):
         from detzoo.source import tflite_interpreter
 
         self._interp = tflite_interpreter(self.path, self.threads)
+        if not self.allow_unsafe_ops:
+            from detzoo.safety import scan_tflite
+
+            scan_tflite(self.path, self._interp._get_ops_details())
         by_name = {d["name"]: d["index"] for d in self._interp.get_output_details()}
         self._outs = [by_name[n] for n in self.io.output_names]
         self._in = self._interp.get_input_details()[0]["index"]
@@ -173,9 +186,8 @@ class OrtRunner(Runner):
     framework = "onnxruntime"
 
     def __init__(self, path, io, threads=1, label="", optimization_level: str = "all", allow_unsafe_ops=False):
-        super().__init__(path, io, threads, label)
+        super().__init__(path, io, threads, label, allow_unsafe_ops)
         self.optimization_level = optimization_level
-        self.allow_unsafe_ops = allow_unsafe_ops
 
     def _activate(self):
         import onnx
@@ -207,8 +219,7 @@ class OrtRunner(Runner):
         try:
             self._sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises several private exception types
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise DetzooError(f"{self.path.name} is not a loadable ONNX model: {first}") from None
+            raise DetzooError(f"{self.path.name} is not a loadable ONNX model: {first_line(e)}") from None
         self._in = self._sess.get_inputs()[0].name
         self._outs = [o.name for o in self._sess.get_outputs()][:4]
 
@@ -223,7 +234,8 @@ def _tensor_name(name: str) -> str:
     return name if ":" in name else name + ":0"
 
 
-def source_runner(fmt: ModelFormat, path: Path, io: IOSpec, threads: int = 1, label: str = "source") -> Runner:
+def source_runner(fmt: ModelFormat, path: Path, io: IOSpec, threads: int = 1, label: str = "source",
+                  allow_unsafe_ops: bool = False) -> Runner:
     cls = {ModelFormat.FROZEN_GRAPH: TFGraphRunner, ModelFormat.SAVED_MODEL: TFSavedModelRunner,
            ModelFormat.TFLITE: TFLiteRunner}[ModelFormat(fmt)]
-    return cls(path, io, threads, label)
+    return cls(path, io, threads, label, allow_unsafe_ops)

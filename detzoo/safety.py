@@ -73,6 +73,13 @@ def scan_graph_def(graph_def, what: str = "graph", saver_scopes: tuple = ()) -> 
     _refuse(what, found)
 
 
+def scan_saved_model(meta, what: str) -> None:
+    """A SavedModel's graph and function library; its own saver (the variables' save/restore) is allowed."""
+    scope = meta.saver_def.filename_tensor_name.split("/")[0] if meta.saver_def.filename_tensor_name else ""
+    scan_graph_def(meta.graph_def, what,
+                   saver_scopes=tuple(s for s in (scope + "/", "saver_filename", "save/") if s != "/"))
+
+
 def scan_tflite(path: Path, ops_details: list[dict]) -> None:
     found: dict[str, set[str]] = {}
     for op in ops_details:

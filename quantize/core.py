@@ -58,6 +58,7 @@ class QuantizeConfig:
     force: bool = False
     threads: int = 1
     fp32_batch1: bool = False             # also install the prepared fp32 model (batch 1, Loops inlined)
+    allow_unsafe_ops: bool = False        # quantize an fp32 artifact with custom-domain ops (recorded)
 
     def __post_init__(self):
         self.folder = Path(self.folder)
@@ -117,7 +118,7 @@ class QuantizeResult:
 SPEED_RUNS = 15
 
 
-def speed_probe(fp32: Path, int8: Path, io, image_path: Path, threads: int) -> dict:
+def speed_probe(fp32: Path, int8: Path, io, image_path: Path, threads: int, allow_unsafe_ops: bool = False) -> dict:
     """A short interleaved p50 of fp32 and int8 on one image: enough to tell whether int8 pays off here."""
     import statistics
 
@@ -125,7 +126,8 @@ def speed_probe(fp32: Path, int8: Path, io, image_path: Path, threads: int) -> d
     from detzoo.runners import OrtRunner
 
     batch = preprocess(decode_image(image_path), io)
-    with OrtRunner(fp32, io, threads) as a, OrtRunner(int8, io, threads) as b:
+    with OrtRunner(fp32, io, threads, allow_unsafe_ops=allow_unsafe_ops) as a, \
+            OrtRunner(int8, io, threads, allow_unsafe_ops=allow_unsafe_ops) as b:
         for r in (a, b, a, b):
             r.infer(batch)
         ta, tb = [], []
@@ -197,6 +199,10 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
     if "fp32" not in m.variants:
         raise DetzooError(f"manifest in {folder} has no fp32 variant; it has {sorted(m.variants)}")
     fp32 = m.checked_artifact(folder, "fp32")
+    if not cfg.allow_unsafe_ops:  # calibration runs the model: scan it first, as every runner does
+        from detzoo.safety import scan_onnx
+
+        scan_onnx(onnx.load(str(fp32), load_external_data=False), f"ONNX model {fp32.name}")
     files = _variant_files(m, cfg)
     _refuse_existing(folder, m, files, cfg.force)
     notes: list[str] = []
@@ -231,7 +237,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
         model = onnx.load(str(prepared))
         plan = make_plan(model)
         say(f"precision plan: {plan.summary()}")
-        probe = FidelityProbe(fp32, m.io, check_files, cfg.threads)
+        probe = FidelityProbe(fp32, m.io, check_files, cfg.threads, cfg.allow_unsafe_ops)
         if probe.reference_boxes == 0:
             msg = (f"the fp32 model detects nothing >= 0.5 on the {len(probe.images)} check images in "
                    f"{check_folder}, so fidelity cannot be measured")
@@ -246,7 +252,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
                              f"({', '.join(check_sizes[:3])}{', ...' if len(check_sizes) > 3 else ''}): the model "
                              "resizes inside its graph, so the ranges still describe its tensors; calibrate on "
                              "images like the ones it will see")
-        common = {"parent_sha256": m.variants["fp32"].sha256, "batch": 1, "batch1": b1.to_json(), **prep_info,
+        common = {"parent_sha256": m.variants["fp32"].sha256, "allow_unsafe_ops": cfg.allow_unsafe_ops, "batch": 1, "batch1": b1.to_json(), **prep_info,
                   "check_images": {"folder": str(check_folder), "count": len(probe.images), "ids": probe.names,
                                    "skipped": probe.skipped}}
         built: dict[str, tuple[Path, dict, dict]] = {}
@@ -256,7 +262,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
             say("fp32 batch-1: checking the prepared model against the fp32 artifact")
             path = work / files["fp32_batch1"]
             shutil.copyfile(prepared, path)
-            parity = _parity(fp32, path, m.io, probe, cfg.threads)
+            parity = _parity(fp32, path, m.io, probe, cfg.threads, cfg.allow_unsafe_ops)
             fid = probe.measure(path).to_json()
             fidelity["fp32_batch1"] = fid
             if not parity["passed"]:
@@ -315,7 +321,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
                 notes.append(f"int8 target {settings8.target.value}: {portability['unsafe_count']} weight(s) can "
                              "saturate on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI); run this artifact "
                              "only where VNNI or ARM kernels accumulate in int32")
-            speed = speed_probe(fp32, path, m.io, probe.images[0][1], cfg.threads)
+            speed = speed_probe(fp32, path, m.io, probe.images[0][1], cfg.threads, cfg.allow_unsafe_ops)
             settings = {**common, "plan": plan.to_json(), "int8": {**settings8.to_json(), "cle": cle_json},
                         "portability": portability,
                         "speed_probe": speed,
@@ -361,7 +367,7 @@ def _equalize(prepared: Path, model, calib, io, work: Path, say) -> tuple[Path, 
     return out, report.to_json()
 
 
-def _parity(fp32: Path, candidate: Path, io, probe: FidelityProbe, threads: int) -> dict:
+def _parity(fp32: Path, candidate: Path, io, probe: FidelityProbe, threads: int, allow_unsafe_ops: bool = False) -> dict:
     """The convert stage's parity figures (matched detections' score and box differences) on the check images."""
     from detzoo.convert.parity import ParityTolerance
     from detzoo.detections import agreement
@@ -369,7 +375,8 @@ def _parity(fp32: Path, candidate: Path, io, probe: FidelityProbe, threads: int)
     from detzoo.runners import OrtRunner
 
     tol = ParityTolerance()
-    with OrtRunner(fp32, io, threads) as a, OrtRunner(candidate, io, threads) as b:
+    with OrtRunner(fp32, io, threads, allow_unsafe_ops=allow_unsafe_ops) as a, \
+            OrtRunner(candidate, io, threads, allow_unsafe_ops=allow_unsafe_ops) as b:
         pairs = []
         for k, p in probe.images:
             img = decode(p)

@@ -43,13 +43,14 @@ class Fidelity:
 class FidelityProbe:
     """Reference detections computed once; ``measure`` scores any candidate ONNX file against them."""
 
-    def __init__(self, reference: Path, io: IOSpec, images: list[Path], threads: int = 1):
-        self.io, self.threads = io, threads
+    def __init__(self, reference: Path, io: IOSpec, images: list[Path], threads: int = 1,
+                 allow_unsafe_ops: bool = False):
+        self.io, self.threads, self.allow_unsafe_ops = io, threads, allow_unsafe_ops
         self.images: list[tuple[int, Path]] = []
         self.skipped: list[str] = []
         self.sizes: dict[int, tuple[int, int]] = {}
         self.reference: dict[int, Detections] = {}
-        with OrtRunner(reference, io, threads) as run:
+        with OrtRunner(reference, io, threads, allow_unsafe_ops=allow_unsafe_ops) as run:
             for p in images:  # one decoded image at a time: hundreds of check images stay cheap
                 try:
                     img = decode_image(p)
@@ -69,7 +70,7 @@ class FidelityProbe:
         return [p.name for _, p in self.images]
 
     def detect_all(self, model: Path) -> dict[int, Detections]:
-        with OrtRunner(model, self.io, self.threads) as run:
+        with OrtRunner(model, self.io, self.threads, allow_unsafe_ops=self.allow_unsafe_ops) as run:
             return {k: run.detect(decode_image(p)) for k, p in self.images}
 
     def measure(self, model: Path) -> Fidelity:

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from detzoo.errors import DetzooError
+from detzoo.errors import DetzooError, InternalError, first_line
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RayOptions:
             raise DetzooError(f"num_cpus must be an integer >= 1, got {self.num_cpus!r}")
 
 
-def detect_shard(folder: str, model: str, threads: int, records: list) -> list:
+def detect_shard(folder: str, model: str, threads: int, records: list, allow_unsafe_ops: bool = False) -> list:
     """A Ray task: ``model`` ("source" or a variant of ``folder``'s manifest) on ``records``
     [(image id, path)]; returns [(image id, image sha256, (h, w), detections JSON)].
 
@@ -57,9 +57,10 @@ def detect_shard(folder: str, model: str, threads: int, records: list) -> list:
     with contextlib.ExitStack() as stack:
         if model == "source":
             src = stack.enter_context(open_source(m.source["path"], expected_sha256=m.source.get("sha256")))
-            runner = source_runner(src.format, src.path, m.io, threads)
+            runner = source_runner(src.format, src.path, m.io, threads, allow_unsafe_ops=allow_unsafe_ops)
         else:
-            runner = OrtRunner(m.checked_artifact(folder, model), m.io, threads, label=model)
+            runner = OrtRunner(m.checked_artifact(folder, model), m.io, threads, label=model,
+                               allow_unsafe_ops=allow_unsafe_ops)
         stack.enter_context(runner)
         for image_id, path in records:
             try:
@@ -85,7 +86,7 @@ def _init(ray, opts: RayOptions) -> bool:
                      _node_ip_address="127.0.0.1", logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = opts.address or "a local cluster"
-        raise DetzooError(f"cannot start Ray on {where}: {str(e).strip().splitlines()[0][:300]}") from None
+        raise DetzooError(f"cannot start Ray on {where}: {first_line(e)}") from None
     return True
 
 
@@ -135,7 +136,7 @@ def verify_ray(cfg, opts: RayOptions | None = None, console=None):
                 for k in range(1, min(n_shards, len(recs)) + 1):
                     part = Shard(k, min(n_shards, len(recs))).select(recs)
                     paths = [(r.image_id, str(Path(r.path).resolve())) for r in part]
-                    ref = task.remote(str(folder), name, cfg.threads, paths)
+                    ref = task.remote(str(folder), name, cfg.threads, paths, cfg.allow_unsafe_ops)
                     jobs[ref] = (name, k, len(part))
             with _Progress(console).task(f"ray: {len(jobs)} tasks ({len(todo)} models)", len(jobs)) as advance:
                 pending = list(jobs)
@@ -147,9 +148,10 @@ def verify_ray(cfg, opts: RayOptions | None = None, console=None):
                     except ray.exceptions.RayError as e:
                         cause = getattr(e, "cause", None) or e
                         msg = " ".join(str(cause).split())[:300]
-                        if isinstance(cause, DetzooError):
-                            raise DetzooError(f"ray task {name} shard {k}: {msg}") from None
-                        raise DetzooError(f"ray task {name} shard {k} failed: {type(cause).__name__}: {msg}") from None
+                        if isinstance(cause, DetzooError):  # the user's input, seen by a worker
+                            raise type(cause)(f"ray task {name} shard {k}: {msg}") from None
+                        raise InternalError(f"ray task {name} shard {k} failed: {type(cause).__name__}: "
+                                            f"{msg or first_line(cause)}") from e
                     for image_id, sha, hw, det in rows:
                         caches[name].put(image_id, sha, hw, Detections.from_json(det))
                     advance()

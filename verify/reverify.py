@@ -76,7 +76,7 @@ def _integrity(folder: Path, m: Manifest) -> list[str]:
     return problems
 
 
-def reverify(folder, tolerance: float = DEFAULT_TOLERANCE, console=None) -> ReverifyResult:
+def reverify(folder, tolerance: float = DEFAULT_TOLERANCE, console=None, allow_unsafe_ops: bool = False) -> ReverifyResult:
     from detzoo.verify import VerifyConfig, verify
 
     folder = Path(folder)
@@ -105,7 +105,8 @@ def reverify(folder, tolerance: float = DEFAULT_TOLERANCE, console=None) -> Reve
         now = verify(VerifyConfig(folder=scratch, images=data["images_dir"], annotations=data.get("annotations"),
                                   limit=data.get("limit"), threads=recorded.get("threads", 1), latency_runs=runs,
                                   max_drop=float("inf"), variants=variants, use_cache=False,
-                                  reference_threshold=recorded["reference_threshold"]), console).report
+                                  reference_threshold=recorded["reference_threshold"],
+                                  allow_unsafe_ops=allow_unsafe_ops), console).report
     result.images = now["data"]["evaluated"]
     if runs:
         result.latency = {k: e["latency"]["p50_ms"] for k, e in now["models"].items() if e.get("latency")}

@@ -170,7 +170,7 @@ def shard_group(folder: Path) -> list[dict]:
 
 def merge(folder, *, images=None, annotations=None, max_drop: float = 1.0, bootstrap: int = 0, seed: int = 0,
           reference_threshold: float = 0.5, latency_runs: int = 0, latency_images: int = 8,
-          threads: int | None = None, console=None):
+          threads: int | None = None, allow_unsafe_ops: bool = False, console=None):
     """Combine the newest complete set of shards in ``folder`` into one report; returns ``VerifyResult``.
 
     The data (images, annotations, limit, variants) come from the shard records; ``images`` and
@@ -189,7 +189,7 @@ def merge(folder, *, images=None, annotations=None, max_drop: float = 1.0, boots
                        threads=threads if threads is not None else int(first.get("threads", 1)),
                        latency_runs=latency_runs, latency_images=latency_images, max_drop=max_drop,
                        bootstrap=bootstrap, seed=seed, variants=list(first["variants"]),
-                       reference_threshold=reference_threshold, cache_only=True)
+                       reference_threshold=reference_threshold, cache_only=True, allow_unsafe_ops=allow_unsafe_ops)
     manifest = Manifest.load(folder)
     names = _select_variants(manifest, cfg.variants)
     _, _, records, images_dir = _records(cfg)
