@@ -377,11 +377,25 @@ def fidelity(ref: dict[int, Detections], cand: dict[int, Detections], sizes: dic
 
 # --- instances files -------------------------------------------------------------------------
 
-def load_instances(path: str | os.PathLike) -> dict:
+OVERHANG_TOLERANCE = 1.0  # px: COCO's own boxes overshoot their image by rounding, within this
+
+
+class Instances(dict):
+    """A checked COCO instances dict, as pycocotools is given it, plus ``warnings``: one line per
+    thing in the file that is unusual but evaluated unchanged, for the caller to show once."""
+
+    def __init__(self, *args, warnings=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.warnings = list(warnings)
+
+
+def load_instances(path: str | os.PathLike) -> Instances:
     """Read and check a COCO instances JSON; fills ``area`` (w*h) and ``iscrowd`` (0) when absent.
 
-    Raises DetzooError with one line naming what is wrong. Categories missing from the file are
-    derived from the annotations' category ids.
+    Raises DetzooError with one line naming what is wrong: only what is malformed (what
+    pycocotools could not evaluate as meant). Categories missing from the file are derived from
+    the annotations' category ids. Boxes reaching past their image are kept as they are, as
+    pycocotools keeps them, and counted in the result's ``warnings``.
     """
     path = Path(path)
     if not path.is_file():
@@ -393,7 +407,7 @@ def load_instances(path: str | os.PathLike) -> dict:
     return check_instances(d, path.name)
 
 
-def check_instances(d, where: str = "annotations") -> dict:
+def check_instances(d, where: str = "annotations") -> Instances:
     if not isinstance(d, dict):
         raise DetzooError(f"{where} holds a JSON {type(d).__name__}; expected a COCO instances object "
                           "with 'images' and 'annotations'")
@@ -413,6 +427,7 @@ def check_instances(d, where: str = "annotations") -> dict:
     if not ids:
         raise DetzooError(f"{where} lists no images")
     anns, ann_ids = [], set()
+    n_over, max_over = 0, 0.0
     for a in d["annotations"]:
         ok = (isinstance(a, dict) and isinstance(a.get("id"), int) and isinstance(a.get("category_id"), int)
               and isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4
@@ -433,10 +448,10 @@ def check_instances(d, where: str = "annotations") -> dict:
             raise DetzooError(f"{where}: annotation {a['id']} has a negative size {a['bbox']}; "
                               "expected bbox [x, y, width, height] with width, height >= 0")
         size = sizes.get(a["image_id"])
-        # COCO's own boxes overshoot the image by rounding; more than a pixel is a broken file.
-        if size and (x < -1 or y < -1 or x + w > size[0] + 1 or y + h > size[1] + 1):
-            raise DetzooError(f"{where}: annotation {a['id']} box {a['bbox']} lies outside its "
-                              f"{size[0]}x{size[1]} image {a['image_id']}")
+        if size:  # pycocotools neither clips nor drops such boxes; neither does detzoo
+            over = max(-x, -y, x + w - size[0], y + h - size[1])
+            if over > OVERHANG_TOLERANCE:
+                n_over, max_over = n_over + 1, max(max_over, over)
         if "area" not in a or "iscrowd" not in a:
             a = {**a, "area": a.get("area", a["bbox"][2] * a["bbox"][3]), "iscrowd": a.get("iscrowd", 0)}
         anns.append(a)
@@ -450,7 +465,12 @@ def check_instances(d, where: str = "annotations") -> dict:
         if unknown:
             raise DetzooError(f"{where}: annotations use category ids {unknown[:5]} that 'categories' "
                               "does not list")
-    return {**d, "annotations": anns, "categories": cats}
+    warnings = []
+    if n_over:
+        warnings.append(f"{where}: {n_over} annotation box(es) extend more than {OVERHANG_TOLERANCE:g} px past "
+                        f"their image (largest overhang {max_over:.4g} px); evaluated as pycocotools does, "
+                        "unchanged")
+    return Instances({**d, "annotations": anns, "categories": cats}, warnings=warnings)
 
 
 def first_image_ids(gt: dict, limit: int | None = None) -> list[int]:

@@ -10,6 +10,19 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Read by the CLI as option defaults (--images, --annotations) and by detzoo.cpu: inherited from
+# the outer environment they would change what a test runs (a bad-input row would find images).
+_OUTER_ENV = ("COCO_IMG_PATH", "COCO_ANNO_PATH", "DETZOO_CPU_CLASS")
+for _name in _OUTER_ENV:  # session fixtures (the converted entries) are built before any test's fixture runs
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(autouse=True)
+def _no_outer_env(monkeypatch):
+    """Every test starts without them; a test that wants one sets it (monkeypatch.setenv or env=)."""
+    for name in _OUTER_ENV:
+        monkeypatch.delenv(name, raising=False)
+
 
 @pytest.fixture(scope="session")
 def real_model_path() -> Path:

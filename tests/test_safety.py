@@ -1,7 +1,10 @@
 """Untrusted models: unsafe ops are refused before anything runs; archives extract safely."""
 
 import io
+import os
 import tarfile
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -73,18 +76,78 @@ def _add(tf, name, data=b"x", **kw):
     tf.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
 
 
-@pytest.mark.parametrize("build,needle", [
-    (lambda tf: _add(tf, "../evil/frozen_inference_graph.pb"), "unsafe member path"),
-    (lambda tf: _add(tf, "/tmp/evil.pb"), "unsafe member path"),
-    (lambda tf: _add(tf, "m/frozen_inference_graph.pb", type=tarfile.SYMTYPE, linkname="/etc/passwd"), "link"),
-    (lambda tf: _add(tf, "m/x", type=tarfile.LNKTYPE, linkname="../../etc/passwd"), "link"),
-])
-def test_unsafe_archives_refused(tmp_path, build, needle):
-    archive = _tar(tmp_path, build)
-    with pytest.raises(DetzooError, match=needle):
+def _tree(root):
+    """Path -> what is there (file bytes, link target or folder), links not followed."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = (("link", os.readlink(p)) if p.is_symlink() else ("file", p.read_bytes()) if p.is_file()
+                    else ("dir",))
+    return out
+
+
+@pytest.fixture
+def extraction(tmp_path, monkeypatch):
+    """open_source extracts into a temporary folder; here under tmp_path/tmp, so every place an
+    escaping member could land is inside tmp_path. Returns the folders it extracted into."""
+    from detzoo import source
+
+    base = tmp_path / "tmp"
+    base.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    dests, real = [], source.safe_extract
+
+    def recording(archive, dest):
+        dests.append(Path(dest))
+        return real(archive, dest)
+
+    monkeypatch.setattr(source, "safe_extract", recording)
+    return dests
+
+
+# (archive members given the folder outside the extraction, refusal words, where the member would
+# land given the extraction folder and that outside folder)
+ESCAPES = {
+    "dotdot": (lambda tf, out: _add(tf, "../evil/frozen_inference_graph.pb"), "unsafe member path",
+               lambda dest, out: dest.parent / "evil" / "frozen_inference_graph.pb"),
+    "dotdot-deep": (lambda tf, out: _add(tf, "../../outside/frozen_inference_graph.pb"), "unsafe member path",
+                    lambda dest, out: out / "frozen_inference_graph.pb"),
+    "absolute": (lambda tf, out: _add(tf, str(out / "abs.pb")), "unsafe member path",
+                 lambda dest, out: out / "abs.pb"),
+    "symlink-dir-then-write-through": (
+        lambda tf, out: (_add(tf, "m", type=tarfile.SYMTYPE, linkname=str(out)),
+                         _add(tf, "m/frozen_inference_graph.pb", b"owned")), "link",
+        lambda dest, out: out / "frozen_inference_graph.pb"),
+    "symlink-to-file-outside": (
+        lambda tf, out: _add(tf, "m/frozen_inference_graph.pb", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
+        "link", lambda dest, out: dest / "m" / "frozen_inference_graph.pb"),
+    "hardlink-then-write-through": (
+        lambda tf, out: (_add(tf, "m/x", type=tarfile.LNKTYPE, linkname="../../outside/victim"),
+                         _add(tf, "m/x", b"owned")), "link",
+        lambda dest, out: out / "victim"),
+}
+
+
+@pytest.mark.parametrize("case", list(ESCAPES))
+def test_unsafe_archives_refused(tmp_path, extraction, case):
+    build, needle, landing = ESCAPES[case]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"victim")
+    archive = _tar(tmp_path, lambda tf: build(tf, outside))
+    before = _tree(tmp_path)
+    try:
         with open_source(archive):
             pass
-    assert not (tmp_path.parent / "evil").exists()
+        err = None
+    except DetzooError as e:
+        err = str(e)
+    [dest] = extraction
+    assert dest.parent == tmp_path / "tmp" and not dest.exists()  # the real extraction folder, cleaned up
+    spot = landing(dest, outside)
+    assert (spot.read_bytes() == b"victim") if spot.name == "victim" else not os.path.lexists(spot), spot
+    assert _tree(tmp_path) == before, "extraction wrote outside its folder"
+    assert err is not None and needle in err, err
 
 
 def test_corrupt_archive(tmp_path):

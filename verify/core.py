@@ -42,6 +42,7 @@ class VerifyConfig:
     reference_threshold: float = 0.5
     use_cache: bool = True
     cache_only: bool = False  # merging shards: every detection must come from the cache
+    allow_unsafe_ops: bool = False  # run models with file/Python ops (recorded in the report)
 
     def __post_init__(self):
         self.folder = Path(self.folder)
@@ -142,6 +143,7 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
     names = _select_variants(manifest, cfg.variants)
     artifacts = {n: manifest.checked_artifact(folder, n) for n in names}  # refuses a changed artifact
     mode, gt, records, images_dir = _records(cfg)
+    data_notes = list(getattr(gt, "warnings", ()))  # what loading the annotations found unusual but kept
     progress = _Progress(console)
     seconds = {}
 
@@ -179,9 +181,9 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
                 seconds["latency"] = time.perf_counter() - t0
 
     report = _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys,
-                           models, seconds, t_start)
+                           models, seconds, t_start, data_notes)
     failed = report["gate"]["failed"]
-    warnings = [w for m in report["models"].values() for w in m["warnings"]]
+    warnings = data_notes + [w for m in report["models"].values() for w in m["warnings"]]
     for w in warnings:
         if console is not None:
             console.print(f"[yellow]warning:[/] {w}", highlight=False)
@@ -221,11 +223,13 @@ def open_models(cfg: VerifyConfig, manifest: Manifest, names: list, artifacts: d
 
     models = [Model("source", "tensorflow" if src.format.value != "tflite" else "tflite", "fp32",
                     Path(manifest.source["path"]).name, src.sha256, int(manifest.source.get("size") or src.size),
-                    source_runner(src.format, src.path, manifest.io, cfg.threads), cache(src.sha256))]
+                    source_runner(src.format, src.path, manifest.io, cfg.threads,
+                                  allow_unsafe_ops=cfg.allow_unsafe_ops), cache(src.sha256))]
     for n in names:
         v = manifest.variants[n]
         models.append(Model(n, "onnxruntime", v.precision, v.file, v.sha256, v.size,
-                            OrtRunner(artifacts[n], manifest.io, cfg.threads, label=n), cache(v.sha256)))
+                            OrtRunner(artifacts[n], manifest.io, cfg.threads, label=n,
+                                      allow_unsafe_ops=cfg.allow_unsafe_ops), cache(v.sha256)))
     for m in models:
         stack.callback(m.runner.deactivate)
     if load:
@@ -258,6 +262,15 @@ def _speed_warning(model, lat, fp32_lat, cls: str) -> list[str]:
     return [speed_line({"cpu_class": cls, "ratio": ratio, "int8_ms": lat.p50_ms, "fp32_ms": fp32_lat.p50_ms})]
 
 
+def _source_note(folder: Path, manifest) -> list[str]:
+    """The manifest can name a source anywhere: say so when it lies outside the entry (it was checked and scanned)."""
+    src = Path(manifest.source["path"]).resolve()
+    if src.is_relative_to(Path(folder).resolve()):
+        return []
+    return [f"the source the manifest names, {src}, lies outside {folder}; it was run after its sha256 matched "
+            "the manifest and its graph passed the unsafe-op scan"]
+
+
 def _class_notes(manifest, cls: str) -> list[str]:
     """Say when earlier numbers of this entry come from a CPU of another class (latency is never compared across)."""
     notes = []
@@ -275,7 +288,7 @@ def _class_notes(manifest, cls: str) -> list[str]:
 
 
 def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys, models,
-                  seconds, t_start) -> dict:
+                  seconds, t_start, data_notes=()) -> dict:
     ids = sorted(collected.sizes)
     evaluated_files = {r.path.name for r in records if r.image_id in collected.sizes}
     metric = "AP" if mode == "ground_truth" else "fidelity AP"
@@ -317,8 +330,9 @@ def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy,
         "latency": ({"runs": cfg.latency_runs, "warmup": next(iter(latency.values())).warmup, "images": latency_keys,
                      "threads": cfg.threads, "inter_op_threads": 1, "batch": 1, "timed": "model call only",
                      "order": "round-robin over models", "cpu_class": cls} if latency else None),
-        "notes": _class_notes(manifest, cls),
+        "notes": list(data_notes) + _class_notes(manifest, cls) + _source_note(cfg.folder, manifest),
         "threads": cfg.threads,
+        "allow_unsafe_ops": cfg.allow_unsafe_ops,
         "manifest": {"sha256_as_read": sha256_file(cfg.folder / MANIFEST), "source": manifest.source,
                      "variants": {n: {"file": v.file, "sha256": v.sha256, "precision": v.precision, "size": v.size}
                                   for n, v in manifest.variants.items()}},
@@ -334,7 +348,7 @@ def _record_in_manifest(folder: Path, report: dict) -> None:
     m.results["verify"] = {
         "created": report["created"], "report": REPORT_JSON, "mode": report["mode"],
         "images": report["data"]["evaluated"], "threads": report["threads"], "gate": report["gate"],
-        "cpu_class": report["machine"]["cpu_class"],
+        "cpu_class": report["machine"]["cpu_class"], "allow_unsafe_ops": report["allow_unsafe_ops"],
         "models": {n: {"sha256": e["sha256"], "AP": e["coco"]["stats"]["AP"], "AP50": e["coco"]["stats"]["AP50"],
                        "drop_points": None if "AP" not in e["drop"] else round(e["drop"]["AP"] * 100, 4),
                        "drop_ci_points": (None if not e["drop_ci"] else
