@@ -147,6 +147,21 @@ def quantize_md(rounds: int, log) -> list[str]:
             "", p.stdout.strip(), ""]
 
 
+def int8_md(rounds: int, log) -> list[str]:
+    """The int8 ablation (benchmarks/bench_int8.py), run as it is and its table included as it prints it."""
+    title = "## int8 ablation: what each weight pass buys, on this CPU and exactly (benchmarks/bench_int8.py)"
+    p = subprocess.run([sys.executable, "-m", "benchmarks.bench_int8", "--rounds", str(rounds)],
+                       env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=2400)
+    if p.returncode != 0:
+        return [title, "", f"**Not measured**: it exited {p.returncode}: "
+                f"{(p.stderr.strip().splitlines() or [''])[-1][:300]}", ""]
+    from benchmarks import bench_int8
+
+    doc = bench_int8.__doc__.split("\n\n", 2)[2].strip()
+    return [title, "", doc, "", f"`python -m benchmarks.bench_int8 --rounds {rounds}`, output as printed:", "",
+            p.stdout.strip(), ""]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one repeat each, smaller sets (a smoke run)")
@@ -186,6 +201,9 @@ def main(argv=None) -> None:
         lat = _section("latency (bench_quantize)", lambda: quantize_md(1 if q else 2, log), body, log)
         if lat:
             body += lat
+        ab = _section("int8 ablation (bench_int8)", lambda: int8_md(1 if q else 2, log), body, log)
+        if ab:
+            body += ab
         r = _section("coco", lambda: coco_eval_backends.bench(1000 if q else 5000, 100, 1 if q else 3,
                                                                slow_repeats=1 if q else 2), body, log)
         if r:
