@@ -437,7 +437,8 @@ def main() -> None:
     start-up logs through; exit 3 is detzoo's own failure (see ``_internal_error``)."""
     if os.environ.get("PYTHONHASHSEED") != "0" and Path(sys.argv[0]).is_file():
         # tf2onnx's output depends on the order Python iterates over sets of names, which string
-        # hashing randomizes per process: pin it, so equal inputs give byte-identical artifacts.
+        # hashing randomizes per process: pin it (seen: seeds 0 and 1 gave different bytes, each
+        # the same bytes on every run). tf2onnx still differed once in five pinned runs.
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, *sys.argv])
     verbose = "--verbose" in sys.argv[1:]

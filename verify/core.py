@@ -267,8 +267,8 @@ def _source_note(folder: Path, manifest) -> list[str]:
     src = Path(manifest.source["path"]).resolve()
     if src.is_relative_to(Path(folder).resolve()):
         return []
-    return [f"the source the manifest names, {src}, lies outside {folder}; it was run after its sha256 matched "
-            "the manifest and its graph passed the unsafe-op scan"]
+    return [f"the source the manifest names, {src}, lies outside the entry folder; it was run after its sha256 "
+            "matched the manifest and its graph passed the unsafe-op scan"]
 
 
 def _class_notes(manifest, cls: str) -> list[str]:

@@ -59,3 +59,21 @@ def test_changed_artifact_refused_before_any_task(local_ray, shapes_entry, shape
     v.write_bytes(v.read_bytes()[:-10])  # the artifact no longer matches its sha256
     assert_user_error(run_cli("verify", shapes_entry, "--images", shapes[0], "--ray"), 2, "changed")
     assert not (shapes_entry / ".detzoo-cache").exists()
+
+
+from tests.test_untrusted_entry import _copy, _swap_source, frozen_entry  # noqa: E402,F401 (a fixture)
+
+
+def test_ray_workers_refuse_a_swapped_source(local_ray, frozen_entry, tmp_path, shapes):  # noqa: F811
+    """The workers load the source themselves: they scan it, and the refusal reaches the user as exit 2."""
+    from tests.clihelp import assert_user_error, snapshot
+
+    entry = _copy(frozen_entry, tmp_path)
+    target = _swap_source(entry, tmp_path)
+    before = snapshot(entry)
+    r = run_cli("verify", entry, "--images", shapes[0], "--annotations", shapes[1], "--ray", "--shards", "2",
+                "--latency-runs", "0", "--quiet")
+    assert_user_error(r, 2, "ray task source shard", "WriteFile", "--allow-unsafe-ops")
+    assert not target.exists()
+    assert {k: v for k, v in snapshot(entry).items() if ".detzoo-cache" not in k} == \
+        {k: v for k, v in before.items() if ".detzoo-cache" not in k}
