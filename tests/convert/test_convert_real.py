@@ -1,10 +1,10 @@
-import pytest
 """The real pedestrian SSDLite frozen graph: convert, contract, parity figures in the manifest."""
 
 import json
 
 import numpy as np
 import onnx
+import pytest
 
 from detzoo.images import decode_image, demo_dir, list_images
 from detzoo.manifest import Manifest
