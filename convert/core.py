@@ -14,6 +14,7 @@ from detzoo.errors import CheckFailed, DetzooError, InternalError, first_line
 from detzoo.fsutil import remove_stale_temporaries, sha256_file, staging
 from detzoo.images import demo_dir
 from detzoo.manifest import MANIFEST, Manifest, Variant
+from detzoo.contract import fixed_size_io, fixed_size_name
 from detzoo.onnxcanon import canonicalize
 from detzoo.runners import OrtRunner, source_runner
 from detzoo.source import OUTPUT_ROLES, IOSpec, ModelFormat, ModelSource, open_source
@@ -40,9 +41,22 @@ class ConvertConfig:
     tolerance: ParityTolerance = field(default_factory=ParityTolerance)
     allow_unsafe_ops: bool = False
     label_map: dict | None = None
+    keep_source_io: bool = False          # keep the source's IO instead of the zoo contract
+    artifact_input: str | None = None     # --input-name: the artifact's input name
+    input_sizes: list = field(default_factory=list)  # --input-size: fixed-size variants, [(h, w)]
 
     def __post_init__(self):
+        from detzoo.contract import parse_size
+
         self.source, self.out = Path(self.source), Path(self.out)
+        self.input_sizes = list(dict.fromkeys(parse_size(s) if isinstance(s, str) else tuple(s)
+                                              for s in self.input_sizes or ()))
+        for h, w in self.input_sizes:
+            if not (0 < h <= 8192 and 0 < w <= 8192):
+                raise DetzooError(f"--input-size takes sizes between 1 and 8192 pixels, got {h}x{w}")
+        if self.artifact_input is not None and (not self.artifact_input.strip() or self.keep_source_io):
+            raise DetzooError(f"--input-name takes a non-empty name and excludes --keep-source-io, "
+                              f"got {self.artifact_input!r}")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise DetzooError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {self.opset}")
         if self.threads < 1:
@@ -59,6 +73,7 @@ class ConvertResult:
     artifact: Path
     parity: ParityReport | None
     seconds: float
+    parities: dict = field(default_factory=dict)  # every variant's parity, fixed-size ones too
 
 
 def default_name(src: ModelSource) -> str:
@@ -160,6 +175,25 @@ def enforce_contract(model, src: ModelSource, io: IOSpec):
     return model
 
 
+def apply_contract(model, src: ModelSource, io: IOSpec, cfg: ConvertConfig):
+    """(model, artifact IO): the converted model in the zoo contract, unless --keep-source-io."""
+    from detzoo.contract import contract_io, keeps_contract, rename_io, wrap
+
+    names = artifact_output_names(src, io)
+    if cfg.keep_source_io:
+        return model, io
+    art = contract_io(io, names, cfg.artifact_input)
+    if keeps_contract(io):
+        art.input.shape = list(io.input.shape)
+        return rename_io(model, art.input.name, names), art
+    is_float = io.input.dtype.startswith("float")
+    wrapped = wrap(model, input_name=art.input.name, output_names=names,
+                   resize=tuple(io.resize) if io.resize else None,
+                   scale=io.scale if is_float else None, offset=io.offset if is_float else 0.0,
+                   round_to_uint8=not is_float, class_offset=io.class_offset)
+    return wrapped, art
+
+
 def _clean_replaced(out: Path, old: Manifest | None, keep: set[str]) -> None:
     """After --force: remove files the previous manifest listed that the new one does not."""
     if old is None:
@@ -187,32 +221,63 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
             io.label_map = {int(k): str(v) for k, v in cfg.label_map.items()}
         del graph
         name = cfg.name or default_name(src)
-        model = canonicalize(enforce_contract(run_tf2onnx(src, io, cfg.opset), src, io))
+        if cfg.input_sizes and cfg.keep_source_io and io.resize:
+            bad = [f"{h}x{w}" for h, w in cfg.input_sizes if [h, w] != list(io.resize)]
+            if bad:
+                raise DetzooError(f"--input-size {bad[0]}: with --keep-source-io the model takes only "
+                                  f"{io.resize[0]}x{io.resize[1]} (drop --keep-source-io to resize inside the graph)")
+        model, art_io = apply_contract(enforce_contract(run_tf2onnx(src, io, cfg.opset), src, io), src, io, cfg)
+        model = canonicalize(model)
         cfg.out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(cfg.out)
         artifact = cfg.out / f"{name}.fp32.onnx"
-        with staging(cfg.out, ".onnx") as tmp:
+        variants, staged, parities = {}, {}, {}
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(staging(cfg.out, ".onnx"))
             onnx.save(model, tmp)
             conversion_seconds = time.perf_counter() - t0
-            variant = Variant(name="fp32", file=artifact.name, precision="fp32", sha256=sha256_file(tmp),
-                              size=tmp.stat().st_size, opset=cfg.opset,
-                              settings={"opset": cfg.opset, "input": cfg.input_name, "output": cfg.output_names,
-                                        "onnx_input": model.graph.input[0].name,
-                                        "onnx_outputs": [o.name for o in model.graph.output],
-                                        "conversion_seconds": round(conversion_seconds, 3),
-                                        "allow_unsafe_ops": cfg.allow_unsafe_ops})
-            parity = None
+            settings = {"opset": cfg.opset, "input": cfg.input_name, "output": cfg.output_names,
+                        "onnx_input": model.graph.input[0].name,
+                        "onnx_outputs": [o.name for o in model.graph.output],
+                        "contract": not cfg.keep_source_io,
+                        "conversion_seconds": round(conversion_seconds, 3),
+                        "allow_unsafe_ops": cfg.allow_unsafe_ops}
+            variants["fp32"] = Variant(name="fp32", file=artifact.name, precision="fp32", sha256=sha256_file(tmp),
+                                       size=tmp.stat().st_size, opset=cfg.opset, settings=settings)
+            staged[artifact.name] = tmp
+            ios = {"fp32": art_io}
+            for h, w in cfg.input_sizes:
+                from detzoo.contract import fix_input_size
+
+                vname = fixed_size_name("fp32", h, w)
+                vtmp = stack.enter_context(staging(cfg.out, ".onnx"))
+                onnx.save(fix_input_size(model, h, w), vtmp)
+                ios[vname] = fixed_size_io(art_io, h, w)
+                variants[vname] = Variant(name=vname, file=f"{name}.{vname}.onnx", precision="fp32",
+                                          sha256=sha256_file(vtmp), size=vtmp.stat().st_size, opset=cfg.opset,
+                                          parent="fp32", io=ios[vname].to_dict(),
+                                          settings={**settings, "input_size": [h, w]})
+                staged[variants[vname].file] = vtmp
             if cfg.check:
                 images = cfg.check_images or demo_dir("eval")
                 with source_runner(src.format, src.path, io, cfg.threads,
-                                   allow_unsafe_ops=cfg.allow_unsafe_ops) as s_run, \
-                        OrtRunner(tmp, io, cfg.threads, allow_unsafe_ops=cfg.allow_unsafe_ops) as o_run:
-                    parity = check_parity(s_run, o_run, images, cfg.tolerance, cfg.check_limit)
-                variant.checks["parity"] = {**parity.to_json(), "images_dir": str(images)}
-            manifest = Manifest(name=name, source=src.describe(), io=io, variants={"fp32": variant})
-            manifest.save(cfg.out, {artifact.name: tmp})  # artifact and manifest in one commit
-        _clean_replaced(cfg.out, old, keep={artifact.name})
-    result = ConvertResult(manifest, artifact, parity, time.perf_counter() - t0)
-    if parity is not None and not parity.passed:
-        raise CheckFailed(f"{artifact.name} does not match its source: {parity.summary()}")
+                                   allow_unsafe_ops=cfg.allow_unsafe_ops) as s_run:
+                    for vname, v in variants.items():
+                        with OrtRunner(staged[v.file], ios[vname], cfg.threads,
+                                       allow_unsafe_ops=cfg.allow_unsafe_ops) as o_run:
+                            feed = tuple(ios[vname].resize) if vname != "fp32" else None
+                            parities[vname] = check_parity(s_run, o_run, images, cfg.tolerance, cfg.check_limit,
+                                                           feed=feed)
+                        v.checks["parity"] = {**parities[vname].to_json(), "images_dir": str(images),
+                                              "fed": (f"{feed[0]}x{feed[1]} (OpenCV bilinear) to both"
+                                                      if feed else "each model as it expects")}
+            manifest = Manifest(name=name, source=src.describe(), io=art_io, variants=variants,
+                                source_io=None if art_io is io else io)
+            manifest.save(cfg.out, staged)  # artifacts and manifest in one commit
+        _clean_replaced(cfg.out, old, keep={v.file for v in variants.values()})
+    parity = parities.get("fp32")
+    result = ConvertResult(manifest, artifact, parity, time.perf_counter() - t0, parities)
+    for vname, p in parities.items():
+        if not p.passed:
+            raise CheckFailed(f"{variants[vname].file} does not match its source: {p.summary()}")
     return result

@@ -68,7 +68,9 @@ class ParityReport:
 
 
 def check_parity(source: Runner, artifact: Runner, images_dir, tolerance: ParityTolerance,
-                 limit: int | None = None) -> ParityReport:
+                 limit: int | None = None, feed: tuple[int, int] | None = None) -> ParityReport:
+    """``feed`` (h, w): both models get each image resized to it with OpenCV first, as the zoo's
+    runner feeds a fixed-size artifact; boxes are compared on the original image."""
     files = list_images(images_dir)[:limit]
     skipped, decoded = [], []
     for p in files:
@@ -81,6 +83,11 @@ def check_parity(source: Runner, artifact: Runner, images_dir, tolerance: Parity
 
     def pairs():
         for key, img in decoded:
-            yield key, img.shape[:2], source.detect(img), artifact.detect(img)
+            hw = img.shape[:2]
+            if feed is not None:
+                from detzoo.runners import resize_like_cv2
+
+                img = resize_like_cv2(img, *feed)
+            yield key, hw, source.detect(img, image_hw=hw), artifact.detect(img, image_hw=hw)
 
     return ParityReport(agreement(pairs(), tolerance.min_score, tolerance.iou), tolerance, skipped)

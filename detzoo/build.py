@@ -31,9 +31,19 @@ class BuildConfig:
     bootstrap: int = 0
     force: bool = False
     allow_unsafe_ops: bool = False
+    input_sizes: list = field(default_factory=list)  # fixed-size variants, as convert --input-size
+    feed_size: object = None                         # verify --feed-size
+    batch: int = 1                                   # verify --batch
 
     def __post_init__(self):
+        from detzoo.contract import parse_size
+
         self.out = Path(self.out)
+        self.input_sizes = [parse_size(s) if isinstance(s, str) else tuple(s) for s in self.input_sizes or ()]
+        if self.feed_size is not None and isinstance(self.feed_size, str):
+            self.feed_size = parse_size(self.feed_size, "--feed-size")
+        if self.batch < 1:
+            raise DetzooError(f"--batch must be an integer >= 1, got {self.batch}")
         self.precisions = [p.strip() for p in self.precisions if p and p.strip()]
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
@@ -76,6 +86,7 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
     say(f"[bold]convert[/] {source}")
     conv = convert(ConvertConfig(source=source, out=cfg.out, force=cfg.force, threads=cfg.threads,
                                  check_images=check_images, allow_unsafe_ops=cfg.allow_unsafe_ops,
+                                 input_sizes=cfg.input_sizes,
                                  label_map=DEFAULT_LABEL_MAP if cfg.source is None else None))
     seconds["convert"] = round(time.perf_counter() - t0, 2)
     if conv.parity:
@@ -101,7 +112,8 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
         verify(VerifyConfig(folder=cfg.out, images=cfg.images, annotations=cfg.annotations, limit=cfg.limit,
                             allow_unsafe_ops=cfg.allow_unsafe_ops,
                             threads=cfg.threads, latency_runs=cfg.latency_runs, max_drop=cfg.max_drop,
-                            bootstrap=cfg.bootstrap, variants=cfg.precisions), console)
+                            bootstrap=cfg.bootstrap, variants=built_variants(cfg.out, cfg.precisions, cfg.feed_size),
+                            feed_size=cfg.feed_size, batch=cfg.batch), console)
     except CheckFailed as e:  # the report is written; finish the entry, then fail
         failure = e
     seconds["verify"] = round(time.perf_counter() - t, 2)
@@ -112,6 +124,21 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
     if failure is not None:
         raise failure
     return BuildResult(cfg.out, report, seconds, passed=True)
+
+
+def built_variants(folder: Path, precisions: list, feed_size) -> list:
+    """The variants build verifies: the precisions asked for and their fixed-size twins (those of
+    another size than ``--feed-size`` cannot take its pixels, and are left to a verify of their own)."""
+    from detzoo.manifest import Manifest
+
+    m = Manifest.load(folder)
+    out = []
+    for n, v in m.variants.items():
+        base = n.split("-")[0]
+        hw = m.variant_io(n).input.fixed_hw
+        if base in precisions and (hw is None or not feed_size or list(hw) == list(feed_size)):
+            out.append(n)
+    return out
 
 
 def report_records(report: dict):
@@ -139,6 +166,10 @@ def write_entry_pages(folder: Path) -> dict:
     folder = Path(folder)
     m = Manifest.load(folder)
     report = load_report(folder)
-    atomic_write_text(folder / "report.html", render_html(folder, report, report_records(report), m.io.to_dict()))
+    from detzoo.verify.core import cache_io
+
+    feed = report["data"].get("feed_size")
+    ios = {n: cache_io(m, n, feed) for n in report["models"] if n == "source" or n in m.variants}
+    atomic_write_text(folder / "report.html", render_html(folder, report, report_records(report), ios))
     atomic_write_text(folder / "README.md", render_card(m, report))
     return report

@@ -139,6 +139,15 @@ def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
             parity_min_score: float = typer.Option(0.3, help="Parity: compare detections scoring at least this"),
             max_unmatched: int = typer.Option(0, help="Parity: detections allowed without a counterpart"),
             threads: int = typer.Option(1, help="Intra-op threads for TF and onnxruntime"),
+            input_size: Optional[List[str]] = typer.Option(None, "--input-size",
+                                                           help="Also a variant with height and width fixed, e.g. "
+                                                                "300x300 (repeatable)"),
+            input_name: Optional[str] = typer.Option(None, "--input-name",
+                                                     help="The artifact's input name (default: image_tensor:0, "
+                                                          "or the SavedModel's input_tensor)"),
+            keep_source_io: bool = typer.Option(False, "--keep-source-io",
+                                                help="Keep the source's IO (size, float input, 0-based classes) "
+                                                     "instead of the zoo contract"),
             allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops")):
     """Convert a TF detection model to ONNX (fp32) and check that its detections match the source."""
     from detzoo.convert import ConvertConfig, ParityTolerance, convert as run_convert
@@ -147,14 +156,18 @@ def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
         cfg = ConvertConfig(source=source, out=out, opset=opset, input_name=input, output_names=_split_names(output),
                             name=name, force=force, check=check, check_images=check_images,
                             check_limit=check_limit, threads=threads, allow_unsafe_ops=allow_unsafe_ops,
+                            input_sizes=input_size or [], artifact_input=input_name, keep_source_io=keep_source_io,
                             tolerance=ParityTolerance(score_atol=score_atol, box_atol=box_atol,
                                                       min_score=parity_min_score, max_unmatched=max_unmatched))
         res = run_convert(cfg)
     except DetzooError as e:
         _fail(e)
     typer.echo(f"wrote {res.artifact} ({res.artifact.stat().st_size / 1e6:.1f} MB) in {res.seconds:.1f}s")
-    if res.parity:
-        typer.echo(res.parity.summary())
+    io = res.manifest.io
+    typer.echo(f"input {io.input.name} {io.input.dtype} {io.input.shape}; outputs "
+               f"{', '.join(io.output_names)}; classes raw + {io.class_offset}")
+    for vname, p in res.parities.items():
+        typer.echo((f"{vname}: " if vname != "fp32" else "") + p.summary())
 
 
 @app.command()
@@ -179,6 +192,10 @@ def verify(folder: Path = typer.Argument(..., help="Output folder holding manife
                                                           "default: start a local cluster)"),
            shards: Optional[int] = typer.Option(None, "--shards", help="With --ray: shards per model "
                                                 "(default: cluster CPUs / --threads)"),
+           batch: int = typer.Option(1, "--batch", "-b", help="Latency and throughput at this batch size"),
+           feed_size: Optional[str] = typer.Option(None, "--feed-size",
+                                                   help="Resize every image to HxW first, as the zoo's runner does "
+                                                        "(OpenCV bilinear), e.g. 640x640"),
            allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
            quiet: bool = typer.Option(False, "--quiet", help="No progress bars, warnings or summary")):
     """Measure every artifact against its source (COCO AP, agreement, latency); exit 1 if a drop exceeds --max-drop."""
@@ -191,7 +208,7 @@ def verify(folder: Path = typer.Argument(..., help="Output folder holding manife
         cfg = VerifyConfig(folder=folder, images=images, annotations=annotations, limit=limit, threads=threads,
                            latency_runs=latency_runs, max_drop=max_drop, bootstrap=bootstrap,
                            variants=_split_names(variants), reference_threshold=reference_threshold,
-                           allow_unsafe_ops=allow_unsafe_ops)
+                           allow_unsafe_ops=allow_unsafe_ops, batch=batch, feed_size=feed_size)
         if shard is not None and ray:
             raise DetzooError("--shard and --ray exclude each other: --shard runs one shard here, --ray runs all")
         if shards is not None and not ray:
@@ -259,6 +276,13 @@ def build(source: Optional[Path] = typer.Argument(None, help="TF model (default:
           latency_runs: int = typer.Option(50, "--latency-runs", help="Timed runs per model"),
           bootstrap: int = typer.Option(0, "--bootstrap", help="Resamples for a 95% CI on the drop"),
           force: bool = typer.Option(False, "--force", help="Replace an existing entry"),
+          input_size: Optional[List[str]] = typer.Option(None, "--input-size",
+                                                         help="Also variants with height and width fixed, e.g. "
+                                                              "300x300 (repeatable)"),
+          feed_size: Optional[str] = typer.Option(None, "--feed-size",
+                                                  help="Verify with every image resized to HxW first, as the zoo's "
+                                                       "runner does, e.g. 640x640"),
+          batch: int = typer.Option(1, "--batch", "-b", help="Latency and throughput at this batch size"),
           allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
           quiet: bool = typer.Option(False, "--quiet", help="No progress output")):
     """Convert, quantize and verify in one run; write the zoo entry (report.html, README.md model card)."""
@@ -271,7 +295,8 @@ def build(source: Optional[Path] = typer.Argument(None, help="TF model (default:
         cfg = BuildConfig(out=out, source=source, images=images, annotations=annotations, calib_images=calib_images,
                           precisions=precisions.split(","), max_drop=max_drop, threads=threads, limit=limit,
                           latency_runs=latency_runs, bootstrap=bootstrap, force=force,
-                          allow_unsafe_ops=allow_unsafe_ops)
+                          allow_unsafe_ops=allow_unsafe_ops, input_sizes=input_size or [], feed_size=feed_size,
+                          batch=batch)
         res = run_build(cfg, console)
     if not quiet:
         typer.echo(_summary(out))

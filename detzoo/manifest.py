@@ -63,27 +63,40 @@ class Variant:
     tool_versions: dict = field(default_factory=tool_versions)
     settings: dict = field(default_factory=dict)
     checks: dict = field(default_factory=dict)
+    format: str = "onnx"       # onnx, or tflite for a model brought in with ``detzoo add``
+    io: dict | None = None     # its own IO spec where it differs from the entry's (fixed size, added models)
 
     def __post_init__(self):
         _check_member(self.file, f"variant {self.name!r}")
+        if self.format not in ("onnx", "tflite"):
+            raise DetzooError(f"variant {self.name!r} has format {self.format!r}; expected onnx or tflite")
 
 
 @dataclass
 class Manifest:
     name: str
     source: dict
-    io: IOSpec
+    io: IOSpec                  # what the entry's artifacts take and give (the zoo contract by default)
     variants: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
     machine: dict = field(default_factory=machine_info)
     command: list = field(default_factory=lambda: list(sys.argv))
     created: str = field(default_factory=now)
     schema: str = SCHEMA
+    source_io: IOSpec | None = None  # what the source takes and gives, where it differs from ``io``
+
+    def source_spec(self) -> IOSpec:
+        return self.source_io or self.io
+
+    def variant_io(self, name: str) -> IOSpec:
+        v = self.variants[name]
+        return IOSpec.from_dict(v.io) if v.io else self.io
 
     # --- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
         d["io"] = self.io.to_dict()
+        d["source_io"] = self.source_io.to_dict() if self.source_io else None
         return d
 
     def save(self, folder: str | Path, staged: dict | None = None) -> None:
@@ -112,7 +125,8 @@ class Manifest:
             variants = {k: Variant(**v) for k, v in d.get("variants", {}).items()}
             return cls(name=d["name"], source=d["source"], io=IOSpec.from_dict(d["io"]), variants=variants,
                        results=d.get("results", {}), machine=d.get("machine", {}), command=d.get("command", []),
-                       created=d.get("created", ""), schema=d["schema"])
+                       created=d.get("created", ""), schema=d["schema"],
+                       source_io=IOSpec.from_dict(d["source_io"]) if d.get("source_io") else None)
         except (KeyError, TypeError) as e:
             raise DetzooError(f"{path} is malformed: {type(e).__name__}: {e}") from None
 

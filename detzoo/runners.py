@@ -18,18 +18,33 @@ from detzoo.errors import DetzooError, first_line
 from detzoo.source import ModelFormat, IOSpec
 
 
-def preprocess(image: np.ndarray, io: IOSpec) -> np.ndarray:
-    """RGB uint8 [H, W, 3] -> the batch of one the model takes. Shared by calibration and evaluation."""
-    x = image
-    if io.resize:
-        from PIL import Image
+def resize_like_cv2(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """OpenCV's INTER_LINEAR on RGB uint8, what the zoo's runner does before feeding a model."""
+    import cv2
 
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def preprocess(image: np.ndarray, io: IOSpec) -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> the batch of one the model takes. Shared by calibration and evaluation.
+
+    A TF-style resize stays in float for float models (as inside TF), and is rounded half to
+    even back to uint8 for integer models: the contract wrapper computes the same in the graph.
+    """
+    x = image
+    if io.resize and x.shape[:2] != tuple(io.resize):
         h, w = io.resize
-        if x.shape[:2] != (h, w):
-            x = np.asarray(Image.fromarray(x).resize((w, h), Image.BILINEAR))
+        if io.resize_with == "cv2":
+            x = resize_like_cv2(x, h, w)
+        else:
+            from detzoo.contract import resize_like_tf
+
+            x = resize_like_tf(x, h, w)
     x = x[None]
     if io.input.dtype.startswith("float"):
         return (x.astype(np.float32) * np.float32(io.scale) + np.float32(io.offset)).astype(np.float32)
+    if x.dtype != np.uint8:
+        x = np.clip(np.rint(x), 0, 255)
     return np.ascontiguousarray(x, dtype=np.uint8)
 
 
@@ -83,10 +98,12 @@ class Runner(abc.ABC):
         self.last_inference_time = time.perf_counter() - t0
         return out
 
-    def detect(self, image: np.ndarray, batch: np.ndarray | None = None) -> Detections:
-        """``batch``: ``preprocess(image, self.io)`` when the caller already made it for another model."""
+    def detect(self, image: np.ndarray, batch: np.ndarray | None = None, image_hw=None) -> Detections:
+        """``batch``: ``preprocess(image, self.io)`` when the caller already made it for another model.
+        ``image_hw``: the original image's size when ``image`` was resized before the model (the
+        zoo's feeding); boxes are normalized, so they map back by scaling alone."""
         raw = self.infer(preprocess(image, self.io) if batch is None else batch)
-        return Detections.from_od_api(*raw, image_hw=image.shape[:2], class_offset=self.io.class_offset)
+        return Detections.from_od_api(*raw, image_hw=image_hw or image.shape[:2], class_offset=self.io.class_offset)
 
 
 def _tf_session_config(threads: int):

@@ -47,10 +47,14 @@ class TensorSpec:
 class IOSpec:
     """What a caller must feed and what comes out, in the zoo's contract.
 
-    ``outputs`` maps each role in OUTPUT_ROLES to the source's tensor name. ``resize`` is the
-    (height, width) the caller resizes to, or None when the graph resizes inside (OD API graphs).
-    Float inputs are fed as ``pixel * scale + offset``. ``class_offset`` is added to the raw class
-    ids to get dataset category ids (1 for TFLite post-processing, whose ids are 0-based).
+    ``outputs`` maps each role in OUTPUT_ROLES to the model's tensor name. ``resize`` is the
+    (height, width) the caller resizes to, or None when the graph resizes inside (OD API graphs
+    and every artifact that keeps the contract). ``resize_with`` says how: ``tf`` is TF's
+    bilinear with half-pixel centres (the OD API's own preprocessing, and what the contract
+    wrapper computes inside the graph); ``cv2`` is OpenCV's INTER_LINEAR on uint8, the zoo
+    runner's resize (fixed-size variants are fed that way). Float inputs are fed as
+    ``pixel * scale + offset``. ``class_offset`` is added to the raw class ids to get dataset
+    category ids (1 for TFLite post-processing, whose ids are 0-based).
     """
 
     input: TensorSpec
@@ -63,6 +67,7 @@ class IOSpec:
     label_map: dict | None = None
     colour_order: str = "RGB"
     box_format: str = "normalized [ymin, xmin, ymax, xmax]"
+    resize_with: str = "tf"
 
     def __post_init__(self):
         if isinstance(self.input, dict):
@@ -82,7 +87,8 @@ class IOSpec:
     def preprocessing(self) -> str:
         steps = []
         if self.resize:
-            steps.append(f"resize to {self.resize[0]}x{self.resize[1]} (bilinear)")
+            how = "OpenCV INTER_LINEAR" if self.resize_with == "cv2" else "TF bilinear, half-pixel centres"
+            steps.append(f"resize to {self.resize[0]}x{self.resize[1]} ({how})")
         if self.input.dtype.startswith("float"):
             steps.append(f"as float32: pixel * {self.scale:g} + {self.offset:g}")
         return "; ".join(steps) or "none (the graph resizes and normalizes inside)"

@@ -25,6 +25,7 @@ from detzoo.images import decode_image, demo_dir
 from detzoo.runners import preprocess
 from detzoo.cpu import speed_line
 from detzoo.manifest import Manifest, Variant, machine_info
+from detzoo.contract import batch_of_one, fix_input_size, fixed_size_io, fixed_size_name
 from detzoo.quantize.batch1 import Batch1Report, specialize_batch1
 from detzoo.quantize.calibration import CalibMethod, calibrate, check_feedable, pick_calibration_images
 from detzoo.quantize.fidelity import FidelityProbe, check_image_paths
@@ -252,7 +253,8 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
                              f"({', '.join(check_sizes[:3])}{', ...' if len(check_sizes) > 3 else ''}): the model "
                              "resizes inside its graph, so the ranges still describe its tensors; calibrate on "
                              "images like the ones it will see")
-        common = {"parent_sha256": m.variants["fp32"].sha256, "allow_unsafe_ops": cfg.allow_unsafe_ops, "batch": 1, "batch1": b1.to_json(), **prep_info,
+        common = {"parent_sha256": m.variants["fp32"].sha256, "allow_unsafe_ops": cfg.allow_unsafe_ops,
+                  "batch1": b1.to_json(), **prep_info,
                   "check_images": {"folder": str(check_folder), "count": len(probe.images), "ids": probe.names,
                                    "skipped": probe.skipped}}
         built: dict[str, tuple[Path, dict, dict]] = {}
@@ -334,18 +336,73 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
         # Install: stage every artifact in the folder, then put them in place with the manifest as
         # one journaled commit, so files and recorded sha256s never disagree, even after a kill.
         staged = {}
+        any_batch = not batch_of_one(onnx.load(str(fp32), load_external_data=False))
+        batch_images = [decode_image(p) for _, p in probe.images[:2]]
         with contextlib.ExitStack() as stack:
             for name, (path, settings, checks) in built.items():
                 tmp = staged[files[name]] = stack.enter_context(staging(folder, ".onnx"))
-                shutil.copyfile(path, tmp)
-                art = onnx.load(str(tmp), load_external_data=False)
+                art = onnx.load(str(path))
+                if any_batch:  # the batch-1 build gets any batch back: a Loop over the images
+                    art = with_any_batch(art)
+                    checks = {**checks, "batch": batch_check(path, art, m.io, batch_images, cfg.allow_unsafe_ops)}
+                onnx.save(art, str(tmp))
                 m.variants[name] = Variant(name=name, file=files[name], precision=name.split("_")[0],
                                            sha256=sha256_file(tmp), size=tmp.stat().st_size, opset=_opset(art),
-                                           parent="fp32", settings=settings, checks=checks)
+                                           parent="fp32", settings={**settings, "batch": "any" if any_batch else 1},
+                                           checks=checks)
+                for fixed in [v for v in list(m.variants.values()) if v.name.startswith("fp32-")
+                              and (v.settings or {}).get("input_size")]:
+                    h, w = fixed.settings["input_size"]
+                    vname = fixed_size_name(name.split("_")[0] if name != "fp32_batch1" else "fp32-batch1", h, w)
+                    vfile = f"{m.name}.{vname}.onnx"
+                    vtmp = staged[vfile] = stack.enter_context(staging(folder, ".onnx"))
+                    onnx.save(fix_input_size(art, h, w), str(vtmp))
+                    m.variants[vname] = Variant(name=vname, file=vfile, precision=name.split("_")[0],
+                                                sha256=sha256_file(vtmp), size=vtmp.stat().st_size, opset=_opset(art),
+                                                parent=name, io=fixed_size_io(m.io, h, w).to_dict(),
+                                                settings={"input_size": [h, w], "from": files[name],
+                                                          "batch": "any" if any_batch else 1})
             m.save(folder, staged)
     result = QuantizeResult(m, {n: folder / files[n] for n in built}, fidelity, plan, b1, search_json, notes,
                             time.perf_counter() - t0)
     return result
+
+
+def with_any_batch(model):
+    """The batch-1 model inside the contract's Loop over the batch (no preprocessing: it is already inside)."""
+    from detzoo.contract import wrap
+
+    return wrap(model, input_name=model.graph.input[0].name, output_names=[o.name for o in model.graph.output])
+
+
+def batch_check(batch1: Path, wrapped, io, images: list, allow_unsafe_ops: bool = False) -> dict:
+    """Run the wrapped artifact on a batch of images of one size and compare each row with the batch-1
+    model on that image alone: the Loop must change nothing."""
+    import numpy as np
+
+    from detzoo.runners import OrtRunner, resize_like_cv2
+
+    if not images:
+        return {"checked": False, "why": "no check image decoded"}
+    h, w = images[0].shape[:2]
+    batch = np.concatenate([preprocess(resize_like_cv2(im, h, w) if im.shape[:2] != (h, w) else im, io)
+                            for im in (images * 2)[:2]])
+    with tempfile.TemporaryDirectory(prefix="detzoo-batch-") as tmp:
+        import onnx
+
+        wp = Path(tmp) / "wrapped.onnx"
+        onnx.save(wrapped, str(wp))
+        with OrtRunner(batch1, io, allow_unsafe_ops=allow_unsafe_ops) as one, \
+                OrtRunner(wp, io, allow_unsafe_ops=allow_unsafe_ops) as many:
+            together = many.infer(batch)
+            diff = 0.0
+            for i in range(len(batch)):
+                alone = one.infer(batch[i:i + 1])
+                diff = max(diff, *(float(np.max(np.abs(a[0] - t[i]))) if a.size else 0.0
+                                   for a, t in zip(alone, together)))
+    if diff != 0.0:
+        raise CheckFailed(f"the batch Loop changed the outputs by up to {diff:.2e}; nothing was written")
+    return {"checked": True, "batch": len(batch), "max_abs_diff": diff}
 
 
 def _equalize(prepared: Path, model, calib, io, work: Path, say) -> tuple[Path, dict]:

@@ -57,9 +57,10 @@ class _Prepared:
     image: object = None                         # RGB uint8 array, when some model must run
     batches: dict = field(default_factory=dict)  # id(IOSpec) -> preprocessed batch
     error: str | None = None
+    hw: tuple = ()                               # the decoded image's (h, w): boxes map back to it
 
 
-def _prepare(models: list[Model], rec: ImageRecord) -> _Prepared:
+def _prepare(models: list[Model], rec: ImageRecord, feed_size=None) -> _Prepared:
     try:
         sha = image_sha256(rec.path)
     except OSError as e:
@@ -72,13 +73,18 @@ def _prepare(models: list[Model], rec: ImageRecord) -> _Prepared:
     except ImageError as e:  # never cached: merging shards skips it again, as each shard did
         p.error = str(e)
         return p
+    p.hw = p.image.shape[:2]
+    if feed_size:  # the zoo's feeding: every model starts from the same resized pixels
+        from detzoo.runners import resize_like_cv2
+
+        p.image = resize_like_cv2(p.image, *feed_size)
     for m in models:  # models sharing an IO spec share one batch
         if p.cached[m.name] is None and id(m.runner.io) not in p.batches:
             p.batches[id(m.runner.io)] = preprocess(p.image, m.runner.io)
     return p
 
 
-def _prefetched(models: list[Model], records: list[ImageRecord]):
+def _prefetched(models: list[Model], records: list[ImageRecord], feed_size=None):
     """``_prepare`` each record in a background thread, ``PREFETCH`` ahead, yielded in order.
 
     Reading, hashing and decoding (PIL and hashlib release the GIL) overlap the models' inference
@@ -88,14 +94,14 @@ def _prefetched(models: list[Model], records: list[ImageRecord]):
     from concurrent.futures import ThreadPoolExecutor
 
     if PREFETCH < 1:
-        yield from (_prepare(models, rec) for rec in records)
+        yield from (_prepare(models, rec, feed_size) for rec in records)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="detzoo-prefetch") as pool:
         pending = deque()
         it = iter(records)
         try:
             for rec in it:
-                pending.append(pool.submit(_prepare, models, rec))
+                pending.append(pool.submit(_prepare, models, rec, feed_size))
                 if len(pending) > PREFETCH:
                     yield pending.popleft().result()
             while pending:
@@ -106,7 +112,8 @@ def _prefetched(models: list[Model], records: list[ImageRecord]):
 
 
 def collect_detections(models: list[Model], records: list[ImageRecord],
-                       advance: Callable[[], None] | None = None, cache_only: bool = False) -> Collected:
+                       advance: Callable[[], None] | None = None, cache_only: bool = False,
+                       feed_size=None) -> Collected:
     """Each image is decoded once (ahead, in a background thread), preprocessed once per IO spec,
     and fed to every model that has no cached result for it. ``cache_only`` (merging shards): a
     missing result is an error, not a run."""
@@ -115,7 +122,7 @@ def collect_detections(models: list[Model], records: list[ImageRecord],
     runs = {m.name: 0 for m in models}
     hits = {m.name: 0 for m in models}
     infer_s = {m.name: 0.0 for m in models}
-    for p in _prefetched(models, records):
+    for p in _prefetched(models, records, feed_size):
         rec = p.record
         if p.error is not None:
             skipped.append({"file": rec.key, "image_id": rec.image_id, "error": p.error})
@@ -133,13 +140,13 @@ def collect_detections(models: list[Model], records: list[ImageRecord],
                 sizes[rec.image_id] = c.hw
                 hits[m.name] += 1
                 continue
-            d = m.runner.detect(p.image, p.batches[id(m.runner.io)])
+            d = m.runner.detect(p.image, p.batches[id(m.runner.io)], image_hw=p.hw)
             runs[m.name] += 1
             infer_s[m.name] += m.runner.last_inference_time
             if m.cache:
-                m.cache.put(rec.image_id, p.sha, p.image.shape[:2], d)
+                m.cache.put(rec.image_id, p.sha, p.hw, d)
             dets[m.name][rec.image_id] = d
-            sizes[rec.image_id] = tuple(p.image.shape[:2])
+            sizes[rec.image_id] = tuple(p.hw)
         keys[rec.image_id] = rec.key
         if advance:
             advance()

@@ -43,15 +43,23 @@ class VerifyConfig:
     use_cache: bool = True
     cache_only: bool = False  # merging shards: every detection must come from the cache
     allow_unsafe_ops: bool = False  # run models with file/Python ops (recorded in the report)
+    batch: int = 1                # latency and throughput at this batch size
+    feed_size: tuple | None = None  # (h, w): resize every image first, as the zoo's runner does
 
     def __post_init__(self):
         self.folder = Path(self.folder)
+        if self.feed_size is not None:
+            from detzoo.contract import parse_size
+
+            self.feed_size = (parse_size(self.feed_size, "--feed-size") if isinstance(self.feed_size, str)
+                              else tuple(int(x) for x in self.feed_size))
         self.images = Path(self.images) if self.images else None
         self.annotations = Path(self.annotations) if self.annotations else None
         if self.annotations is not None and self.images is None:
             raise DetzooError(f"--annotations {self.annotations} needs --images (or COCO_IMG_PATH): "
                               "the folder its file_name entries refer to")
-        for name, low in (("limit", 1), ("threads", 1), ("latency_runs", 0), ("latency_images", 1), ("bootstrap", 0)):
+        for name, low in (("limit", 1), ("threads", 1), ("latency_runs", 0), ("latency_images", 1), ("bootstrap", 0),
+                          ("batch", 1)):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < low):
                 raise DetzooError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {v!r}")
@@ -89,6 +97,39 @@ def _select_variants(m: Manifest, wanted) -> list[str]:
         raise DetzooError(f"--variants names {', '.join(unknown)}, which the manifest does not have; "
                           f"it has {', '.join(m.variants)}")
     return list(dict.fromkeys(names))
+
+
+def model_io(manifest: Manifest, name: str):
+    """The IO spec a model is fed with: the source's own, or the variant's (the entry's by default)."""
+    return manifest.source_spec() if name == "source" else manifest.variant_io(name)
+
+
+def cache_io(manifest: Manifest, name: str, feed_size) -> dict:
+    """What decides a model's cached detections besides its sha256: its IO spec and the feeding."""
+    d = model_io(manifest, name).to_dict()
+    return {**d, "feed_size": list(feed_size)} if feed_size else d
+
+
+def check_feed(manifest: Manifest, names: list, feed_size) -> None:
+    """--feed-size feeds every model the same resized pixels: a variant fixed to another size cannot take them."""
+    if not feed_size:
+        return
+    for n in names:
+        io = manifest.variant_io(n)
+        hw = io.input.fixed_hw
+        if hw is not None and list(hw) != list(feed_size):
+            raise DetzooError(f"--feed-size {feed_size[0]}x{feed_size[1]}: variant {n} takes only {hw[0]}x{hw[1]} "
+                              f"images; leave it out (--variants) or feed {hw[0]}x{hw[1]}")
+
+
+def model_runner(manifest: Manifest, name: str, path, src, threads: int, allow_unsafe_ops: bool = False):
+    """The runner of the source or of a variant (ONNX, or TFLite brought in with ``detzoo add``)."""
+    from detzoo.runners import OrtRunner, TFLiteRunner, source_runner
+
+    if name == "source":
+        return source_runner(src.format, src.path, manifest.source_spec(), threads, allow_unsafe_ops=allow_unsafe_ops)
+    cls = TFLiteRunner if manifest.variants[name].format == "tflite" else OrtRunner
+    return cls(path, manifest.variant_io(name), threads, label=name, allow_unsafe_ops=allow_unsafe_ops)
 
 
 def _records(cfg: VerifyConfig):
@@ -142,6 +183,7 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
     manifest = Manifest.load(folder)
     names = _select_variants(manifest, cfg.variants)
     artifacts = {n: manifest.checked_artifact(folder, n) for n in names}  # refuses a changed artifact
+    check_feed(manifest, names, cfg.feed_size)
     mode, gt, records, images_dir = _records(cfg)
     data_notes = list(getattr(gt, "warnings", ()))  # what loading the annotations found unusual but kept
     progress = _Progress(console)
@@ -155,7 +197,8 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
 
         t0 = time.perf_counter()
         with progress.task(f"accuracy pass ({len(models)} models)", len(records)) as advance:
-            collected = collect_detections(models, records, advance, cache_only=cfg.cache_only)
+            collected = collect_detections(models, records, advance, cache_only=cfg.cache_only,
+                                           feed_size=cfg.feed_size)
         seconds["accuracy_pass"] = time.perf_counter() - t0
         seconds["inference"] = sum(collected.inference_seconds.values())
 
@@ -164,24 +207,25 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
                                       manifest.io.label_map)
         seconds["evaluation"] = time.perf_counter() - t0
 
-        latency, latency_keys = {}, []
+        latency, latency_keys, latency_notes = {}, [], []
         if cfg.latency_runs:
             t0 = time.perf_counter()
-            good = [r for r in records if r.image_id in collected.sizes][:cfg.latency_images]
-            batches = []
+            good = [r for r in records if r.image_id in collected.sizes][:max(cfg.latency_images, cfg.batch)]
+            images = []
             for r in good:
                 with contextlib.suppress(ImageError):
-                    batches.append(preprocess(decode_image(r.path), manifest.io))
+                    images.append(fed_image(decode_image(r.path), cfg.feed_size))
                     latency_keys.append(r.key)
+            batches, latency_notes = latency_batches(models, images, cfg.batch, cfg.feed_size)
             if batches:
-                with progress.task(f"latency ({cfg.latency_runs} runs x {len(models)} models)",
+                timed = {m.name: m.runner for m in models if m.name in batches}
+                with progress.task(f"latency ({cfg.latency_runs} runs x {len(timed)} models, batch {cfg.batch})",
                                    cfg.latency_runs) as adv:
-                    latency = measure_latency({m.name: m.runner for m in models}, batches, cfg.latency_runs,
-                                              on_round=adv)
+                    latency = measure_latency(timed, batches, cfg.latency_runs, on_round=adv, batch=cfg.batch)
                 seconds["latency"] = time.perf_counter() - t0
 
     report = _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys,
-                           models, seconds, t_start, data_notes)
+                           models, seconds, t_start, data_notes + latency_notes)
     failed = report["gate"]["failed"]
     warnings = data_notes + [w for m in report["models"].values() for w in m["warnings"]]
     for w in warnings:
@@ -212,30 +256,65 @@ def open_models(cfg: VerifyConfig, manifest: Manifest, names: list, artifacts: d
     """The source and each variant as ``Model``s with their caches (``cache_tag``: a shard's own
     cache files), closed by ``stack``. ``load``: load every model now, so a broken artifact fails
     before any work is cached and model loading is not counted in the accuracy pass."""
-    from detzoo.runners import OrtRunner, source_runner
     from detzoo.verify.accuracy import Model
     from detzoo.verify.cache import DetectionCache
 
-    io_dict = manifest.io.to_dict()
-
-    def cache(sha):
-        return DetectionCache(cfg.folder, sha, io_dict, cache_tag) if cfg.use_cache else None
+    def cache(name, sha):
+        return DetectionCache(cfg.folder, sha, cache_io(manifest, name, cfg.feed_size), cache_tag) if cfg.use_cache else None
 
     models = [Model("source", "tensorflow" if src.format.value != "tflite" else "tflite", "fp32",
                     Path(manifest.source["path"]).name, src.sha256, int(manifest.source.get("size") or src.size),
-                    source_runner(src.format, src.path, manifest.io, cfg.threads,
-                                  allow_unsafe_ops=cfg.allow_unsafe_ops), cache(src.sha256))]
+                    model_runner(manifest, "source", None, src, cfg.threads, cfg.allow_unsafe_ops),
+                    cache("source", src.sha256))]
     for n in names:
         v = manifest.variants[n]
-        models.append(Model(n, "onnxruntime", v.precision, v.file, v.sha256, v.size,
-                            OrtRunner(artifacts[n], manifest.io, cfg.threads, label=n,
-                                      allow_unsafe_ops=cfg.allow_unsafe_ops), cache(v.sha256)))
+        models.append(Model(n, "tflite" if v.format == "tflite" else "onnxruntime", v.precision, v.file, v.sha256,
+                            v.size, model_runner(manifest, n, artifacts[n], src, cfg.threads, cfg.allow_unsafe_ops),
+                            cache(n, v.sha256)))
     for m in models:
         stack.callback(m.runner.deactivate)
     if load:
         for m in models:
             m.runner.activate()
     return models
+
+
+def fed_image(image, feed_size):
+    """The pixels every model starts from: the decoded image, or the zoo runner's resize of it."""
+    if not feed_size:
+        return image
+    from detzoo.runners import resize_like_cv2
+
+    return resize_like_cv2(image, *feed_size)
+
+
+def latency_batches(models: list, images: list, batch: int, feed_size) -> tuple[dict, list]:
+    """Each model's latency inputs: ``batch`` images stacked after its own preprocessing, cycling.
+
+    A model whose input holds one image only (a source with a fixed batch of one) is left out at
+    batch > 1, with a note; so is everything when the images differ in size, which a batch cannot hold.
+    """
+    import numpy as np
+
+    from detzoo.runners import preprocess
+
+    if not images:
+        return {}, []
+    notes = []
+    if batch > 1 and len({im.shape for im in images}) > 1:
+        sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images})
+        raise DetzooError(f"--batch {batch} stacks {batch} images into one tensor, but the latency images have "
+                          f"{len(sizes)} sizes ({', '.join(sizes[:3])}); pass --feed-size HxW as the zoo's "
+                          "runner does, or images of one size")
+    groups = [[images[(i * batch + j) % len(images)] for j in range(batch)]
+              for i in range(max(1, len(images) // batch))]
+    out = {}
+    for m in models:
+        if batch > 1 and m.runner.io.input.shape and m.runner.io.input.shape[0] == 1:
+            notes.append(f"{m.name} takes one image per call: its latency is not measured at batch {batch}")
+            continue
+        out[m.name] = [np.concatenate([preprocess(im, m.runner.io) for im in g]) for g in groups]
+    return out, notes
 
 
 def _tuning_warning(manifest, name: str, evaluated_files: set) -> list[str]:
@@ -287,6 +366,14 @@ def _class_notes(manifest, cls: str) -> list[str]:
     return notes
 
 
+def feeding(feed_size) -> str:
+    """Which feeding produced the numbers, in the words the report and the card print."""
+    if not feed_size:
+        return "each image as decoded; every model's own preprocessing (the artifacts resize inside)"
+    return (f"every image resized to {feed_size[0]}x{feed_size[1]} first (OpenCV INTER_LINEAR on RGB uint8, "
+            "as the zoo's runner feeds), boxes mapped back to the original image")
+
+
 def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys, models,
                   seconds, t_start, data_notes=()) -> dict:
     ids = sorted(collected.sizes)
@@ -321,14 +408,15 @@ def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy,
         "mode": mode,
         "reference_threshold": cfg.reference_threshold,
         "data": {"images_dir": str(images_dir), "annotations": str(cfg.annotations) if cfg.annotations else None,
-                 "limit": cfg.limit, "requested": len(records), "evaluated": len(ids), "image_ids": ids,
+                 "limit": cfg.limit, "feed": feeding(cfg.feed_size),
+                 "feed_size": list(cfg.feed_size) if cfg.feed_size else None, "requested": len(records), "evaluated": len(ids), "image_ids": ids,
                  "skipped": collected.skipped},
         "gate": {"metric": metric, "max_drop_points": cfg.max_drop, "failed": failed, "passed": not failed},
         "models": out_models,
         "bootstrap": ({"resamples": cfg.bootstrap, "seed": cfg.seed, "confidence": 0.95, "paired_over": "images"}
                       if cfg.bootstrap else None),
         "latency": ({"runs": cfg.latency_runs, "warmup": next(iter(latency.values())).warmup, "images": latency_keys,
-                     "threads": cfg.threads, "inter_op_threads": 1, "batch": 1, "timed": "model call only",
+                     "threads": cfg.threads, "inter_op_threads": 1, "batch": cfg.batch, "timed": "model call only",
                      "order": "round-robin over models", "cpu_class": cls} if latency else None),
         "notes": list(data_notes) + _class_notes(manifest, cls) + _source_note(cfg.folder, manifest),
         "threads": cfg.threads,

@@ -37,7 +37,8 @@ class RayOptions:
             raise DetzooError(f"num_cpus must be an integer >= 1, got {self.num_cpus!r}")
 
 
-def detect_shard(folder: str, model: str, threads: int, records: list, allow_unsafe_ops: bool = False) -> list:
+def detect_shard(folder: str, model: str, threads: int, records: list, allow_unsafe_ops: bool = False,
+                 feed_size=None) -> list:
     """A Ray task: ``model`` ("source" or a variant of ``folder``'s manifest) on ``records``
     [(image id, path)]; returns [(image id, image sha256, (h, w), detections JSON)].
 
@@ -48,27 +49,27 @@ def detect_shard(folder: str, model: str, threads: int, records: list, allow_uns
 
     from detzoo.images import ImageError, decode_image
     from detzoo.manifest import Manifest
-    from detzoo.runners import OrtRunner, source_runner
     from detzoo.source import open_source
     from detzoo.verify.cache import image_sha256
+
+    from detzoo.verify.core import fed_image, model_runner
 
     m = Manifest.load(folder)
     out = []
     with contextlib.ExitStack() as stack:
+        src = None
         if model == "source":
             src = stack.enter_context(open_source(m.source["path"], expected_sha256=m.source.get("sha256")))
-            runner = source_runner(src.format, src.path, m.io, threads, allow_unsafe_ops=allow_unsafe_ops)
-        else:
-            runner = OrtRunner(m.checked_artifact(folder, model), m.io, threads, label=model,
-                               allow_unsafe_ops=allow_unsafe_ops)
-        stack.enter_context(runner)
+        path = None if model == "source" else m.checked_artifact(folder, model)
+        runner = stack.enter_context(model_runner(m, model, path, src, threads, allow_unsafe_ops))
         for image_id, path in records:
             try:
                 sha = image_sha256(path)
                 image = decode_image(path)
             except (OSError, ImageError):
                 continue
-            out.append((int(image_id), sha, tuple(image.shape[:2]), runner.detect(image).to_json()))
+            hw = tuple(image.shape[:2])
+            out.append((int(image_id), sha, hw, runner.detect(fed_image(image, feed_size), image_hw=hw).to_json()))
     return out
 
 
@@ -95,7 +96,7 @@ def verify_ray(cfg, opts: RayOptions | None = None, console=None):
     from detzoo.detections import Detections
     from detzoo.manifest import Manifest
     from detzoo.verify.cache import DetectionCache, image_sha256
-    from detzoo.verify.core import _Progress, _records, _select_variants, verify
+    from detzoo.verify.core import _Progress, _records, _select_variants, cache_io, check_feed, verify
     from detzoo.verify.shard import Shard
 
     opts = opts or RayOptions()
@@ -106,10 +107,10 @@ def verify_ray(cfg, opts: RayOptions | None = None, console=None):
     names = _select_variants(manifest, cfg.variants)
     for n in names:
         manifest.checked_artifact(folder, n)
+    check_feed(manifest, names, cfg.feed_size)
     _, _, records, _ = _records(cfg)
-    io_dict = manifest.io.to_dict()
     shas = {"source": manifest.source["sha256"], **{n: manifest.variants[n].sha256 for n in names}}
-    caches = {name: DetectionCache(folder, sha, io_dict) for name, sha in shas.items()}
+    caches = {name: DetectionCache(folder, sha, cache_io(manifest, name, cfg.feed_size)) for name, sha in shas.items()}
     image_shas = {}
     for r in records:
         try:
@@ -136,7 +137,7 @@ def verify_ray(cfg, opts: RayOptions | None = None, console=None):
                 for k in range(1, min(n_shards, len(recs)) + 1):
                     part = Shard(k, min(n_shards, len(recs))).select(recs)
                     paths = [(r.image_id, str(Path(r.path).resolve())) for r in part]
-                    ref = task.remote(str(folder), name, cfg.threads, paths, cfg.allow_unsafe_ops)
+                    ref = task.remote(str(folder), name, cfg.threads, paths, cfg.allow_unsafe_ops, cfg.feed_size)
                     jobs[ref] = (name, k, len(part))
             with _Progress(console).task(f"ray: {len(jobs)} tasks ({len(todo)} models)", len(jobs)) as advance:
                 pending = list(jobs)

@@ -135,14 +135,14 @@ def _draw(image: np.ndarray, det: Detections, threshold: float, colour: str, wid
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _examples(folder: Path, report: dict, records, io_dict: dict, count: int) -> list[str]:
+def _examples(folder: Path, report: dict, records, cache_ios: dict, count: int) -> list[str]:
     """Side-by-side images where an artifact's detections disagree most with the source's."""
     from detzoo.images import ImageError, decode_image
     from detzoo.verify.cache import DetectionCache, image_sha256
 
     models = report["models"]
     thr = report["reference_threshold"]
-    caches = {n: DetectionCache(folder, m["sha256"], io_dict) for n, m in models.items()}
+    caches = {n: DetectionCache(folder, m["sha256"], cache_ios[n]) for n, m in models.items()}
     scored = []
     for rec in records:
         try:
@@ -186,7 +186,8 @@ def _table(lines: list[str]) -> str:
     return f"<table><tr>{th}</tr>{trs}</table>"
 
 
-def render_html(folder: Path, report: dict, records, io_dict: dict, examples: int = 3) -> str:
+def render_html(folder: Path, report: dict, records, cache_ios: dict, examples: int = 3) -> str:
+    """``cache_ios``: each model's cache key (``verify.core.cache_io``), where its detections are read."""
     from detzoo.verify.report import coco_table, summary_table
 
     gate = report["gate"]
@@ -202,7 +203,7 @@ def render_html(folder: Path, report: dict, records, io_dict: dict, examples: in
              "<h2>Summary</h2>", _table(summary_table(report))]
     for title, src in _plots(report):
         parts.append(f"<figure><h2>{html.escape(title)}</h2>{_img_tag(src, title)}</figure>")
-    ex = _examples(folder, report, records, io_dict, examples)
+    ex = _examples(folder, report, records, cache_ios, examples)
     if ex:
         parts.append("<h2>Where the artifacts disagree most with the source</h2>")
         parts.extend(ex)

@@ -86,6 +86,7 @@ def fingerprint(cfg, manifest: Manifest, names: list, records: list, images_dir)
         "image_ids_sha256": hashlib.sha256(ids.encode()).hexdigest(),
         "models": {"source": manifest.source["sha256"], **{n: manifest.variants[n].sha256 for n in names}},
         "io": manifest.io.to_dict(),
+        "feed_size": list(cfg.feed_size) if cfg.feed_size else None,
     }
 
 
@@ -113,7 +114,7 @@ def verify_shard(cfg, shard: Shard, console=None) -> ShardResult:
             models = open_models(cfg, manifest, names, artifacts, src, stack, cache_tag=shard.tag)
             with _Progress(console).task(f"shard {shard} ({len(mine)} images x {len(models)} models)",
                                          len(mine)) as advance:
-                collected = collect_detections(models, mine, advance)
+                collected = collect_detections(models, mine, advance, feed_size=cfg.feed_size)
         evaluated, skipped, inferences = len(collected.sizes), collected.skipped, collected.inferences
     seconds = time.perf_counter() - t0
     atomic_write_json(record_path, {
@@ -189,7 +190,8 @@ def merge(folder, *, images=None, annotations=None, max_drop: float = 1.0, boots
                        threads=threads if threads is not None else int(first.get("threads", 1)),
                        latency_runs=latency_runs, latency_images=latency_images, max_drop=max_drop,
                        bootstrap=bootstrap, seed=seed, variants=list(first["variants"]),
-                       reference_threshold=reference_threshold, cache_only=True, allow_unsafe_ops=allow_unsafe_ops)
+                       reference_threshold=reference_threshold, cache_only=True, allow_unsafe_ops=allow_unsafe_ops,
+                       feed_size=fp.get("feed_size"))
     manifest = Manifest.load(folder)
     names = _select_variants(manifest, cfg.variants)
     _, _, records, images_dir = _records(cfg)

@@ -21,7 +21,7 @@ def _convert(source, out, images):
 @pytest.mark.parametrize("fixture,fmt,input_name,outputs,offset", [
     ("shapes_saved_model", "saved_model", "input_tensor", ROLES, 0),
     ("shapes_export_folder", "saved_model", "input_tensor", ROLES, 0),
-    ("shapes_tflite", "tflite", "serving_default_input:0", ROLES, 1),
+    ("shapes_tflite", "tflite", "image_tensor:0", ROLES, 1),
     ("two_stage_graph", "frozen_graph", "image_tensor:0", [r + ":0" for r in ROLES], 0),
     ("zoo_tarball", "frozen_graph", "image_tensor:0", [r + ":0" for r in ROLES], 0),
 ])
@@ -30,20 +30,35 @@ def test_family_converts_with_contract_and_parity(request, tmp_path, shapes, fix
     images, _ = shapes
     res = _convert(request.getfixturevalue(fixture), tmp_path / "e", images)
     m = res.manifest
-    assert m.source["format"] == fmt and m.io.class_offset == offset
+    # The artifact takes dataset ids in the graph; the source's own offset is recorded beside it.
+    assert m.source["format"] == fmt and m.source_spec().class_offset == offset and m.io.class_offset == 0
     model = onnx.load(res.artifact)
     assert [i.name for i in model.graph.input] == [input_name]
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.HasField("dim_value") for d in dims] == [False, False, False, True] and dims[3].dim_value == 3
+    assert m.io.input.shape[:3] == [None, None, None] and m.io.resize is None
     assert [o.name for o in model.graph.output] == outputs
     p = m.variants["fp32"].checks["parity"]
     assert p["passed"] and p["images"] == 24 and p["reference"] >= 20, p
     assert p["max_score_diff"] < 1e-4 and p["max_box_diff"] < 1e-4
 
 
-def test_tflite_fixed_input_is_resized_by_the_caller(shapes_tflite, tmp_path, shapes):
+def test_tflite_fixed_input_is_resized_inside_the_artifact(shapes_tflite, tmp_path, shapes):
     res = _convert(shapes_tflite, tmp_path / "e", shapes[0])
-    assert res.manifest.io.resize == [96, 128]
-    assert "resize to 96x128" in res.manifest.io.preprocessing
+    assert res.manifest.source_spec().resize == [96, 128]
+    assert "resize to 96x128 (TF bilinear" in res.manifest.source_spec().preprocessing
+    assert res.manifest.io.resize is None and "none" in res.manifest.io.preprocessing
+
+
+def test_keep_source_io_keeps_the_tflite_contract(shapes_tflite, tmp_path, shapes):
+    res = convert(ConvertConfig(source=shapes_tflite, out=tmp_path / "e", check_images=shapes[0], keep_source_io=True))
+    m = res.manifest
+    assert m.source_io is None and m.io.resize == [96, 128] and m.io.class_offset == 1
+    model = onnx.load(res.artifact)
+    assert model.graph.input[0].name == "serving_default_input:0"
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 96, 128, 3]
+    assert m.variants["fp32"].checks["parity"]["passed"] and m.variants["fp32"].settings["contract"] is False
 
 
 def test_tflite_and_saved_model_twins_give_the_same_dataset_ids(shapes_tflite, shapes_saved_model, tmp_path, shapes):
@@ -64,7 +79,8 @@ def test_saved_model_source_runner_matches_artifact(shapes_saved_model, tmp_path
     res = _convert(shapes_saved_model, tmp_path / "e", images)
     img = decode_image(list_images(images)[0])
     with open_source(shapes_saved_model) as src:
-        with source_runner(src.format, src.path, res.manifest.io) as s, OrtRunner(res.artifact, res.manifest.io) as o:
+        with source_runner(src.format, src.path, res.manifest.source_spec()) as s, \
+                OrtRunner(res.artifact, res.manifest.io) as o:
             ds, do = s.detect(img), o.detect(img)
     np.testing.assert_array_equal(ds.classes, do.classes)
     np.testing.assert_allclose(ds.scores, do.scores, atol=1e-6)
