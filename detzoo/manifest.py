@@ -23,7 +23,7 @@ from detzoo.source import IOSpec
 MANIFEST = "manifest.json"
 SCHEMA = "detzoo.manifest/1"
 TOOLS = ("detzoo", "tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnxruntime",
-         "pycocotools", "faster-coco-eval", "numpy")
+         "pycocotools", "faster-coco-eval", "numpy", "opencv-python-headless")
 
 
 def now() -> str:
