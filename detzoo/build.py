@@ -171,5 +171,5 @@ def write_entry_pages(folder: Path) -> dict:
     feed = report["data"].get("feed_size")
     ios = {n: cache_io(m, n, feed) for n in report["models"] if n == "source" or n in m.variants}
     atomic_write_text(folder / "report.html", render_html(folder, report, report_records(report), ios))
-    atomic_write_text(folder / "README.md", render_card(m, report))
+    atomic_write_text(folder / "README.md", render_card(m, report, folder))
     return report

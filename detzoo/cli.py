@@ -331,6 +331,28 @@ def reverify(folder: Path = typer.Argument(..., help="A zoo entry made by 'detzo
 
 
 @app.command()
+def add(folder: Path = typer.Argument(..., help="A zoo entry holding manifest.json"),
+        model: Path = typer.Argument(..., help="The model to bring in: an .onnx or a .tflite made elsewhere"),
+        variant: str = typer.Option(..., "--variant", help="Its variant name in the entry, e.g. tflite-int8"),
+        precision: Optional[str] = typer.Option(None, "--precision",
+                                                help="fp32, fp16 or int8 (default: guessed from the model)"),
+        force: bool = typer.Option(False, "--force", help="Replace a variant of that name"),
+        allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Accept models with unsafe ops")):
+    """Bring an ONNX or TFLite model into FOLDER as a variant (checked and run once); 'detzoo verify' then measures it."""
+    from detzoo.add import add as run_add
+
+    try:
+        res = run_add(folder, model, variant, force=force, allow_unsafe_ops=allow_unsafe_ops, precision=precision)
+    except DetzooError as e:
+        _fail(e)
+    v = res.variant
+    contract = ("keeps the zoo contract" if v.settings["contract"]
+                else f"outside the zoo contract ({v.settings['contract_reason']})")
+    typer.echo(f"{'replaced' if res.replaced else 'added'} variant {v.name}: {res.path} ({v.format}, {v.precision}, "
+               f"sha256 {v.sha256[:12]}...), {contract}")
+
+
+@app.command()
 def quantize(folder: Path = typer.Argument(..., help="Output folder holding manifest.json and the fp32 artifact"),
              fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="Build <name>.fp16.onnx"),
              int8: bool = typer.Option(True, "--int8/--no-int8", help="Build <name>.int8.onnx"),

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from detzoo.manifest import Manifest
 from detzoo.source import OUTPUT_ROLES
 
 OUTPUT_DOC = {
-    "num_detections": ("float32", "[1]", "number of valid detections N (the rest is padding)"),
-    "detection_boxes": ("float32", "[1, max, 4]", "boxes as normalized [ymin, xmin, ymax, xmax]"),
-    "detection_scores": ("float32", "[1, max]", "scores, descending"),
-    "detection_classes": ("float32", "[1, max]", "class ids"),
+    "num_detections": ("float32", "[N]", "number of valid detections per image (the rest is padding)"),
+    "detection_boxes": ("float32", "[N, max, 4]", "boxes as normalized [ymin, xmin, ymax, xmax]"),
+    "detection_scores": ("float32", "[N, max]", "scores, descending"),
+    "detection_classes": ("float32", "[N, max]", "class ids"),
 }
 
 
@@ -17,7 +19,26 @@ def _shape(shape) -> str:
     return "[" + ", ".join("?" if d is None or (isinstance(d, int) and d < 0) else str(d) for d in shape) + "]"
 
 
-def render_card(m: Manifest, report: dict) -> str:
+def _artifact_input(m: Manifest, folder) -> str:
+    """The true input shape of the entry's artifacts, from the files themselves."""
+    import onnx
+
+    from detzoo.contract import _dims
+
+    shapes = {}
+    for v in m.variants.values():
+        if v.format != "onnx":
+            continue
+        try:
+            dims = _dims(onnx.load(str(Path(folder) / v.file), load_external_data=False).graph.input[0])
+        except Exception:  # noqa: BLE001 - a card is still written without it
+            continue
+        shapes.setdefault(_shape(dims), []).append(v.name)
+    return "; ".join(f"{s} ({', '.join(n)})" for s, n in shapes.items())
+
+
+def render_card(m: Manifest, report: dict, folder=None) -> str:
+    """``folder``: where the artifacts are, so the card states the input shapes the files really have."""
     from detzoo.verify.report import coco_table, summary_table
 
     io = m.io
@@ -37,9 +58,18 @@ def render_card(m: Manifest, report: dict) -> str:
            "detzoo. Every artifact keeps the zoo contract: one uint8 image in, the four detection outputs out, "
            "in the order below.", "",
            "## Input", "",
-           f"- name `{onnx_input}`, {io.input.dtype}, shape {_shape(io.input.shape)} (NHWC, batch 1)",
+           f"- name `{onnx_input}`, {io.input.dtype}, NHWC, shape "
+           + ((_artifact_input(m, folder) if folder is not None else "") or _shape(io.input.shape))
+           + " (`?`: any size; the first dimension is the batch)",
            f"- colour order {io.colour_order}, pixel values 0-255",
-           f"- preprocessing by the caller: {io.preprocessing}", "",
+           f"- preprocessing by the caller: {io.preprocessing}",
+           *([f"- the source's own IO, which the graph now handles inside: `{m.source_io.input.name}` "
+              f"{m.source_io.input.dtype} {_shape(m.source_io.input.shape)}; {m.source_io.preprocessing}; "
+              f"class ids raw + {m.source_io.class_offset}"] if m.source_io and m.source_io.to_dict() != io.to_dict() else []),
+           *([f"- fixed-size variants ({', '.join(fixed)}) are fed as the zoo feeds them: each image resized "
+              "with OpenCV's INTER_LINEAR to their size first"] if (fixed := [n for n, v in m.variants.items()
+                                                                          if v.io and (v.settings or {}).get("input_size")]) else []),
+           f"- metrics below: {report['data'].get('feed') or 'each image as decoded'}", "",
            "## Outputs, in this order", "",
            "| # | name | dtype | shape | meaning |", "|---|---|---|---|---|"]
     for i, (role, name) in enumerate(zip(OUTPUT_ROLES, onnx_outputs)):
@@ -67,7 +97,7 @@ def render_card(m: Manifest, report: dict) -> str:
     if lat:
         mach = report["machine"]
         out += ["## Latency", "",
-                f"Batch 1, {lat['threads']} intra-op thread(s), {lat['runs']} timed runs after {lat['warmup']} "
+                f"Batch {lat.get('batch', 1)}, {lat['threads']} intra-op thread(s), {lat['runs']} timed runs after {lat['warmup']} "
                 f"warm-up runs, on {mach.get('cpu')} ({', '.join(mach.get('flags', []))}).", "",
                 "| model | p50 ms | p90 ms | p99 ms | images/s | speed-up vs source |", "|---|---|---|---|---|---|"]
         for name, mod in report["models"].items():
@@ -90,7 +120,7 @@ def render_card(m: Manifest, report: dict) -> str:
             f'sess = ort.InferenceSession("{example}", providers=["CPUExecutionProvider"])',
             'image = Image.open("image.jpg").convert("RGB")',
             resize.rstrip("\n"),
-            f"num, boxes, scores, classes = sess.run(None, {{sess.get_inputs()[0].name: {feed}}})",
+            f"num, boxes, scores, classes = sess.run(None, {{sess.get_inputs()[0].name: {feed}}})  # any batch N",
             "n = int(num[0])",
             "h, w = image.height, image.width",
             "for (ymin, xmin, ymax, xmax), s, c in zip(boxes[0][:n], scores[0][:n], classes[0][:n]):",

@@ -105,12 +105,16 @@ def render_markdown(r: dict) -> str:
     lat = r.get("latency")
     if lat:
         mach = r["machine"]
-        notes.append(f"Latency: batch 1, {lat['runs']} timed runs per model after {lat['warmup']} warm-up runs on "
+        b = lat.get("batch", 1)
+        per = f"batch {b} (ms per call of {b} images; images/s = {b} x 1000 / mean)" if b > 1 else "batch 1"
+        notes.append(f"Latency: {per}, {lat['runs']} timed runs per model after {lat['warmup']} warm-up runs on "
                      f"{len(lat['images'])} fixed images, round-robin over models; {lat['threads']} intra-op "
                      f"thread(s) and 1 inter-op thread for TensorFlow and ONNX Runtime alike; model call only. "
                      f"CPU: {mach.get('cpu')} ({mach.get('cpu_count')} logical cores; "
                      f"{', '.join(mach.get('flags', [])) or 'no AVX2/AVX-512 flags'}; class "
                      f"{mach.get('cpu_class', 'unknown')}).")
+    if r["data"].get("feed"):
+        notes.append(f"Feeding: {r['data']['feed']}.")
     notes += [f"Note: {n}." for n in r.get("notes", [])]
     out += notes + [""]
 
