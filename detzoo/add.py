@@ -41,11 +41,15 @@ def add(folder, model, variant: str, force: bool = False, allow_unsafe_ops: bool
         precision: str | None = None) -> AddResult:
     """Copy ``model`` into ``folder`` as variant ``variant`` after checking it is a safe, working detector."""
     folder, model = Path(folder), Path(model)
-    if not _PLAIN.fullmatch(variant or "") or variant == "source":
+    if variant == "source":
+        raise DetzooError("--variant 'source' names the entry's source model in reports: expected another name")
+    if not _PLAIN.fullmatch(variant or ""):
         raise DetzooError(f"--variant {variant!r} is not a plain name: expected letters, digits, '.', '_', '+' "
-                          "or '-', not starting with '.', at most 64 characters, and not 'source'")
+                          "or '-', not starting with '.', at most 64 characters")
     if precision is not None and precision not in PRECISIONS:
         raise DetzooError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if not folder.is_dir():
+        raise DetzooError(f"entry folder not found: {folder} (expected a zoo entry holding manifest.json)")
     manifest = Manifest.load(folder)
     if not model.is_file():
         raise DetzooError(f"model not found: {model} (expected an .onnx or .tflite file)" if not model.exists()
@@ -162,7 +166,7 @@ def _check_onnx(path: Path, manifest: Manifest, variant: str, allow_unsafe_ops: 
         io.input.shape = dims
     smoke = _smoke(OrtRunner(path, io, label=variant, allow_unsafe_ops=allow_unsafe_ops), path.name)
 
-    ops = {n.op_type for n in _graphs_nodes(model.graph)}
+    ops = {n.op_type for sub in _graphs(g) for n in sub.node}
     if any(op in _INT8_OPS or op.startswith("QLinear") for op in ops):
         guessed = "int8"
     elif any(t.data_type == TensorProto.FLOAT16 for sub in _graphs(g) for t in sub.initializer):
@@ -173,11 +177,6 @@ def _check_onnx(path: Path, manifest: Manifest, variant: str, allow_unsafe_ops: 
     return io, guessed, opset, smoke
 
 
-def _graphs_nodes(g):
-    for sub in _graphs(g):
-        yield from sub.node
-
-
 # --- TFLite -----------------------------------------------------------------------------------
 
 def _check_tflite(path: Path, manifest: Manifest, variant: str, allow_unsafe_ops: bool):
@@ -186,11 +185,18 @@ def _check_tflite(path: Path, manifest: Manifest, variant: str, allow_unsafe_ops
     from detzoo.safety import scan_tflite
     from detzoo.source import open_source, tflite_interpreter
 
-    interp = tflite_interpreter(path)
+    try:
+        interp = tflite_interpreter(path)
+    except DetzooError as e:
+        raise DetzooError(f"{e}; expected a TFLite flatbuffer (.tflite)") from None
     if not allow_unsafe_ops:
         scan_tflite(path, interp._get_ops_details())
     with open_source(path) as src:
-        io = detect_io(src, graph=interp)  # fixed size resized by the caller, class_offset 1 after post-processing
+        try:  # fixed size resized by the caller, class_offset 1 after post-processing
+            io = detect_io(src, graph=interp)
+        except DetzooError as e:  # its hint names convert's --output, which add has not
+            raise DetzooError(f"{str(e).split('; pass --')[0]}: expected a detector giving {EXPECTED_OUTPUTS} "
+                              "(or ending in TFLite_Detection_PostProcess)") from None
     io.label_map = io.label_map or manifest.io.label_map
     io.num_classes = io.num_classes or manifest.io.num_classes
     smoke = _smoke(TFLiteRunner(path, io, label=variant, allow_unsafe_ops=allow_unsafe_ops), path.name)
