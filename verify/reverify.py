@@ -106,7 +106,8 @@ def reverify(folder, tolerance: float = DEFAULT_TOLERANCE, console=None, allow_u
                                   limit=data.get("limit"), threads=recorded.get("threads", 1), latency_runs=runs,
                                   max_drop=float("inf"), variants=variants, use_cache=False,
                                   reference_threshold=recorded["reference_threshold"],
-                                  allow_unsafe_ops=allow_unsafe_ops), console).report
+                                  allow_unsafe_ops=allow_unsafe_ops, feed_size=data.get("feed_size"),
+                                  batch=(recorded.get("latency") or {}).get("batch", 1)), console).report
     result.images = now["data"]["evaluated"]
     if runs:
         result.latency = {k: e["latency"]["p50_ms"] for k, e in now["models"].items() if e.get("latency")}

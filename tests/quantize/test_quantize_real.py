@@ -32,8 +32,33 @@ def test_fp16_targets(quantized):
     model = onnx.load(entry / fp16.file)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
-    ops = {n.op_type for n in model.graph.node}
+    # One Loop over the batch at the top; inside it the batch-1 build, its own map_fn Loops inlined.
+    assert [n.op_type for n in model.graph.node if n.op_type == "Loop"] == ["Loop"]
+    ops = {n.op_type for n in _body(model).node}
     assert "Loop" not in ops and "NonMaxSuppression" in ops
+    assert fp16.settings["batch"] == "any" and fp16.checks["batch"]["max_score_diff"] <= 1e-4
+
+
+def _body(model):
+    return next(a.g for n in model.graph.node if n.op_type == "Loop" for a in n.attribute
+                if a.g.name == "detzoo_contract_body")
+
+
+def test_quantized_variants_take_a_batch_of_four_like_four_batches_of_one(quantized):
+    """What the zoo's runner does with -b 4: every row must be the image's own detections."""
+    entry, _ = quantized
+    m = Manifest.load(entry)
+    images = [decode_image(p) for p in list_images(demo_dir("eval"))[:4]]
+    for name in ("fp16", "int8"):
+        with OrtRunner(entry / m.variants[name].file, m.io) as run:
+            together = run.infer(np.stack(images))
+            assert together[1].shape[0] == 4
+            for i, img in enumerate(images):
+                alone = run.infer(img[None])
+                assert int(alone[0][0]) == int(together[0][i]) and int(alone[0][0]) > 0
+                np.testing.assert_allclose(together[2][i], alone[2][0], atol=1e-4)
+                np.testing.assert_allclose(together[1][i][:int(alone[0][0])], alone[1][0][:int(alone[0][0])],
+                                           atol=1e-4)
 
 
 def test_int8_targets_and_plan(quantized):
@@ -51,7 +76,7 @@ def test_int8_targets_and_plan(quantized):
     assert s["calibration"]["count"] == 25 and not s["calibration"]["overlap_with_check_images"]
     assert s["machine"]["int8_dot_product"] == ("avx512_vnni" in s["machine"]["flags"]
                                                 or "avx_vnni" in s["machine"]["flags"])
-    ops = [n.op_type for n in onnx.load(entry / m.variants["int8"].file).graph.node]
+    ops = [n.op_type for n in _body(onnx.load(entry / m.variants["int8"].file)).node]
     assert ops.count("Clip") <= 2  # Relu6 folded into the quantization range everywhere but the float stem
     port = s["portability"]
     assert port["saturation_safe"] and port["largest_pair_sum"] <= 128 and port["depthwise_weights"] == 33

@@ -9,6 +9,7 @@ import onnx
 from detzoo.fsutil import sha256_file
 from detzoo.images import decode_image, list_images
 from detzoo.manifest import Manifest
+from detzoo.onnxcanon import walk_nodes
 from detzoo.quantize import QuantizeConfig, quantize
 from detzoo.runners import OrtRunner
 
@@ -52,8 +53,12 @@ def test_fp16_and_int8_recorded_and_runnable(sm_entry, shapes_split):
     assert s["int8"]["target"] == "portable" and s["int8"]["weight_passes"]["bias_correction"] is True
     assert s["speed_probe"]["cpu_class"] == s["machine"]["cpu_class"] and s["speed_probe"]["int8_ms"] > 0
     assert s["check_images"]["count"] == len(list_images(shapes_split[1]))
-    types = {n.op_type for n in onnx.load(sm_entry / m.variants["int8"].file).graph.node}
+    types = {n.op_type for n in walk_nodes(onnx.load(sm_entry / m.variants["int8"].file).graph)}
     assert {"QuantizeLinear", "DequantizeLinear"} <= types
+    for name in ("fp16", "int8"):  # the batch-1 build takes any batch again, checked row by row
+        v = m.variants[name]
+        assert v.settings["batch"] == "any" and v.checks["batch"]["checked"] and v.checks["batch"]["batch"] == 2
+        assert v.checks["batch"]["max_score_diff"] <= 1e-4 and v.checks["batch"]["matched"] > 0
     assert res.fidelity["int8"] == m.variants["int8"].checks["fidelity"]
     assert not res.warnings
 
@@ -75,7 +80,9 @@ def test_two_stage_keeps_unprovable_loops_float(two_stage_fp32_dir, shapes_split
     regions = m.variants["fp16"].settings["plan"]["regions"]
     assert regions["control_flow"]["precision"] == "float32" and "selection" in regions
     fp16 = onnx.load(entry / m.variants["fp16"].file)
-    loop_bodies = [a.g for n in fp16.graph.node if n.op_type == "Loop" for a in n.attribute if a.name == "body"]
+    top = fp16.graph  # the network sits in the contract's batch Loop; its own Loops are inside
+    top = next(a.g for n in top.node if n.op_type == "Loop" for a in n.attribute if a.g.name == "detzoo_contract_body")
+    loop_bodies = [a.g for n in top.node if n.op_type == "Loop" for a in n.attribute if a.name == "body"]
     assert loop_bodies and all(i.data_type != onnx.TensorProto.FLOAT16 for b in loop_bodies for i in b.initializer)
     assert res.fidelity["fp16"]["fidelity_ap"] >= 0.95 and res.fidelity["int8"]["fidelity_ap"] >= 0.9
 

@@ -50,7 +50,8 @@ def test_every_variant_exists_with_the_true_input_shape(zoo_entry):
         assert got == want, (name, got)
         assert m.variant_io(name).input.shape == want
     for name in ("fp16", "int8"):  # the batch-1 build got any batch back, checked row by row
-        assert m.variants[name].checks["batch"] == {"checked": True, "batch": 2, "max_abs_diff": 0.0}
+        b = m.variants[name].checks["batch"]
+        assert b["checked"] and b["batch"] == 2 and b["max_score_diff"] <= 1e-4 and b["matched"] > 0
     fixed = m.variants["fp32-640x640"].checks["parity"]
     assert fixed["passed"] and "640x640" in fixed["fed"]
 
