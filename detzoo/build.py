@@ -102,11 +102,15 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
         quantize(QuantizeConfig(folder=cfg.out, fp16="fp16" in quantized, int8="int8" in quantized,
                                 allow_unsafe_ops=cfg.allow_unsafe_ops,
                                 calib_images=cfg.calib_images, check_images=cfg.images, threads=cfg.threads,
-                                max_drop=cfg.max_drop if "int8" in quantized else None, force=True),
+                                max_drop=cfg.max_drop if "int8" in quantized else None, force=True,
+                                feed_size=cfg.feed_size),
                  progress=lambda msg: say(f"  {msg}"))
         seconds["quantize"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     say("[bold]verify[/]")
+    if cfg.input_sizes and not cfg.feed_size:
+        say("  fixed-size variants are verified with --feed-size of their size (the zoo's feeding, the same "
+            "pixels for every model): 'detzoo verify DIR --feed-size HxW'")
     failure = None
     try:
         verify(VerifyConfig(folder=cfg.out, images=cfg.images, annotations=cfg.annotations, limit=cfg.limit,
@@ -127,16 +131,17 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
 
 
 def built_variants(folder: Path, precisions: list, feed_size) -> list:
-    """The variants build verifies: the precisions asked for and their fixed-size twins (those of
-    another size than ``--feed-size`` cannot take its pixels, and are left to a verify of their own)."""
+    """The variants build verifies: the precisions asked for, and their fixed-size twins when
+    ``--feed-size`` is their size. A fixed-size variant fed the zoo's way beside a source fed its own
+    way would be charged the feeding's loss (7 to 17 fidelity points on the default, BENCHMARKS.md),
+    not the conversion's; with --feed-size every model gets the same pixels."""
     from detzoo.manifest import Manifest
 
     m = Manifest.load(folder)
     out = []
     for n, v in m.variants.items():
-        base = n.split("-")[0]
         hw = m.variant_io(n).input.fixed_hw
-        if base in precisions and (hw is None or not feed_size or list(hw) == list(feed_size)):
+        if n.split("-")[0] in precisions and (hw is None or (feed_size and list(hw) == list(feed_size))):
             out.append(n)
     return out
 

@@ -385,6 +385,9 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
              fp32_batch1: bool = typer.Option(False, "--fp32-batch1",
                                               help="Also add <name>.fp32-batch1.onnx: fp32 with Loops inlined "
                                                    "(parity-checked)"),
+             feed_size: Optional[str] = typer.Option(None, "--feed-size",
+                                                     help="Calibrate and check on images resized to HxW first, as "
+                                                          "verify --feed-size (the zoo's runner) feeds them"),
              force: bool = typer.Option(False, "--force", help="Replace existing fp16/int8 artifacts"),
              allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
              quiet: bool = typer.Option(False, "--quiet", help="No progress lines")):
@@ -396,7 +399,8 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
                              calib_method=calib_method, per_channel=per_channel, int8_target=int8_target,
                              reduce_range=reduce_range, bias_correction=bias_correction, adaround=adaround, cle=cle,
                              max_drop=max_drop, check_images=check_images, check_limit=check_limit, threads=threads,
-                             force=force, fp32_batch1=fp32_batch1, allow_unsafe_ops=allow_unsafe_ops)
+                             force=force, fp32_batch1=fp32_batch1, allow_unsafe_ops=allow_unsafe_ops,
+                             feed_size=feed_size)
         res = run_quantize(cfg, progress=None if quiet else (lambda msg: typer.echo(f"  {msg}")))
     except DetzooError as e:
         _fail(e)

@@ -15,6 +15,8 @@ Owns: the contract's IO spec and these graph rewrites. Does not touch: files, ma
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from detzoo.errors import DetzooError
@@ -90,7 +92,7 @@ def batch_of_one(model) -> bool:
 
 def wrap(model, *, input_name: str, output_names: list[str], resize: tuple[int, int] | None = None,
          scale: float | None = None, offset: float = 0.0, round_to_uint8: bool = False,
-         class_offset: int = 0):
+         class_offset: int = 0, first_outside: bool = False):
     """``model`` (one image input, four detection outputs in contract order) for one image per
     call, wrapped in a Loop over the batch of a uint8 ``[N, H, W, 3]`` input.
 
@@ -99,7 +101,8 @@ def wrap(model, *, input_name: str, output_names: list[str], resize: tuple[int, 
     (``scale``/``offset``: float models) or rounded back to uint8 (``round_to_uint8``: integer
     models), then fed to the model. Outside, ``class_offset`` is added to the classes and every
     output is float32. Initializers move into the body so onnxruntime folds and fuses them there
-    exactly as at top level.
+    exactly as at top level. ``first_outside``: image 0 runs at the top level instead and the Loop
+    takes the rest, reading the weights from there (BENCHMARKS.md: what each costs per precision).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -107,6 +110,8 @@ def wrap(model, *, input_name: str, output_names: list[str], resize: tuple[int, 
     inner = onnx.ModelProto.FromString(model.SerializeToString()).graph
     # Names the outer graph defines must not be redefined inside the body (SSA across scopes).
     clash = {inner.input[0].name, *(o.name for o in inner.output)} & {input_name, *output_names}
+    clash |= {x for n in _all_nodes(inner) for x in [*n.input, *n.output] if x.startswith(_P)}  # wrapped before
+    clash |= {t.name for t in inner.initializer if t.name.startswith(_P)}
     _rename_values(inner, {n: _P + "model/" + n for n in clash})
     if len(inner.input) != 1 or len(inner.output) != 4:
         raise DetzooError(f"expected a model with one input and four outputs, got {len(inner.input)} and "
@@ -117,63 +122,95 @@ def wrap(model, *, input_name: str, output_names: list[str], resize: tuple[int, 
     if len(in_dims) != 4:
         raise DetzooError(f"input {in_vi.name} has rank {len(in_dims)}; expected [batch, height, width, 3]")
 
-    body_nodes = []
-    img = _P + "image"
-    body_nodes.append(helper.make_node("Gather", [CONTRACT_LOOP_INPUT, _P + "i"], [_P + "hwc"], axis=0))
-    body_nodes.append(helper.make_node("Unsqueeze", [_P + "hwc", _P + "axis0"], [img]))
-    x = img
+    def per_image(index: str) -> tuple[list, dict]:
+        """Nodes from the batch and an image index to that image's four outputs, squeezed."""
+        nodes = []
+        img = _P + "image"
+        nodes.append(helper.make_node("Gather", [CONTRACT_LOOP_INPUT, index], [_P + "hwc"], axis=0))
+        nodes.append(helper.make_node("Unsqueeze", [_P + "hwc", _P + "axis0"], [img]))
+        x = img
+        if resize is not None or in_type == TensorProto.FLOAT:
+            nodes.append(helper.make_node("Cast", [x], [_P + "f"], to=TensorProto.FLOAT))
+            x = _P + "f"
+        if resize is not None:
+            rnodes, rconsts = tf_resize_nodes(x, _P + "resized", resize[0], resize[1], _P + "resize/")
+            nodes.extend(rnodes)
+            consts.update(rconsts)
+            x = _P + "resized"
+        if in_type == TensorProto.FLOAT:
+            if scale is not None:
+                consts[_P + "scale"] = np.array(scale, np.float32)
+                consts[_P + "offset"] = np.array(offset, np.float32)
+                nodes.append(helper.make_node("Mul", [x, _P + "scale"], [_P + "scaled"]))
+                nodes.append(helper.make_node("Add", [_P + "scaled", _P + "offset"], [_P + "normalized"]))
+                x = _P + "normalized"
+        elif in_type == TensorProto.UINT8:
+            if x != img:  # resized in float: back to the pixels an integer model takes
+                if not round_to_uint8:
+                    raise DetzooError("a uint8 model resized in float needs round_to_uint8")
+                consts[_P + "lo"], consts[_P + "hi"] = np.array(0, np.float32), np.array(255, np.float32)
+                nodes.append(helper.make_node("Round", [x], [_P + "rounded"]))
+                nodes.append(helper.make_node("Clip", [_P + "rounded", _P + "lo", _P + "hi"], [_P + "clipped"]))
+                nodes.append(helper.make_node("Cast", [_P + "clipped"], [_P + "u8"], to=TensorProto.UINT8))
+                x = _P + "u8"
+        else:
+            raise DetzooError(f"input {in_vi.name} is {TensorProto.DataType.Name(in_type)}; expected uint8 or float")
+        nodes.append(helper.make_node("Identity", [x], [in_vi.name]))
+        nodes.extend(copy.deepcopy(n) for n in inner.node)
+        outs = {}
+        for role, o in zip(OUTPUT_ROLES, inner.output):
+            # Each image yields [1, ...]; squeezed, the Loop stacks [N, ...] as the contract wants.
+            outs[role] = _P + role + "_one"
+            nodes.append(helper.make_node("Squeeze", [o.name, _P + "axis0"], [outs[role]]))
+        return nodes, outs
+
     consts = {_P + "axis0": np.array([0], np.int64)}
-    if resize is not None or in_type == TensorProto.FLOAT:
-        body_nodes.append(helper.make_node("Cast", [x], [_P + "f"], to=TensorProto.FLOAT))
-        x = _P + "f"
-    if resize is not None:
-        nodes, rconsts = tf_resize_nodes(x, _P + "resized", resize[0], resize[1], _P + "resize/")
-        body_nodes.extend(nodes)
-        consts.update(rconsts)
-        x = _P + "resized"
-    if in_type == TensorProto.FLOAT:
-        if scale is not None:
-            consts[_P + "scale"] = np.array(scale, np.float32)
-            consts[_P + "offset"] = np.array(offset, np.float32)
-            body_nodes.append(helper.make_node("Mul", [x, _P + "scale"], [_P + "scaled"]))
-            body_nodes.append(helper.make_node("Add", [_P + "scaled", _P + "offset"], [_P + "normalized"]))
-            x = _P + "normalized"
-    elif in_type == TensorProto.UINT8:
-        if x != img:  # resized in float: back to the pixels an integer model takes
-            if not round_to_uint8:
-                raise DetzooError("a uint8 model resized in float needs round_to_uint8")
-            consts[_P + "lo"], consts[_P + "hi"] = np.array(0, np.float32), np.array(255, np.float32)
-            body_nodes.append(helper.make_node("Round", [x], [_P + "rounded"]))
-            body_nodes.append(helper.make_node("Clip", [_P + "rounded", _P + "lo", _P + "hi"], [_P + "clipped"]))
-            body_nodes.append(helper.make_node("Cast", [_P + "clipped"], [_P + "u8"], to=TensorProto.UINT8))
-            x = _P + "u8"
-    else:
-        raise DetzooError(f"input {in_vi.name} is {TensorProto.DataType.Name(in_type)}; expected uint8 or float")
-    body_nodes.append(helper.make_node("Identity", [x], [in_vi.name]))
-    body_nodes.extend(inner.node)
-    outs = [o.name for o in inner.output]
-    body_outputs = [helper.make_tensor_value_info(_P + "cond_out", TensorProto.BOOL, [])]
+    weights = list(inner.initializer)
+    elem = {role: o.type.tensor_type.elem_type for role, o in zip(OUTPUT_ROLES, inner.output)}
+    top = [helper.make_node("Identity", [input_name], [CONTRACT_LOOP_INPUT]),
+           helper.make_node("Shape", [input_name], [_P + "n1"], start=0, end=1),
+           helper.make_node("Squeeze", [_P + "n1", _P + "top_axis0"], [_P + "n"])]
+    body_index = _P + "i"
+    if first_outside:
+        # Image 0 at the top level, where onnxruntime folds and fuses everything (a Loop body misses
+        # some of it: fp16 weights are cast on every call there); the rest in the Loop.
+        consts[_P + "zero"] = np.array(0, np.int64)
+        consts[_P + "one"] = np.array(1, np.int64)
+        first_nodes, first_outs = per_image(_P + "zero")
+        produced = {x for n in first_nodes for x in n.output} | {in_vi.name}
+        first_graph = helper.make_graph(first_nodes, "first", [], [])
+        _rename_values(first_graph, {x: _P + "first/" + x for x in produced})
+        top += list(first_graph.node)
+        top.append(helper.make_node("Sub", [_P + "n", _P + "one"], [_P + "rest"]))
+        body_index = _P + "i1"
+    body_nodes, outs = per_image(body_index)
+    if first_outside:
+        body_nodes.insert(0, helper.make_node("Add", [_P + "i", _P + "one"], [body_index]))
     body_nodes.append(helper.make_node("Identity", [_P + "cond"], [_P + "cond_out"]))
-    for role, o in zip(OUTPUT_ROLES, inner.output):
-        # Each iteration yields [1, ...]; squeeze so the Loop stacks [N, ...] as the contract wants.
-        body_nodes.append(helper.make_node("Squeeze", [o.name, _P + "axis0"], [_P + role + "_one"]))
-        body_outputs.append(helper.make_tensor_value_info(_P + role + "_one", o.type.tensor_type.elem_type, None))
+    body_outputs = [helper.make_tensor_value_info(_P + "cond_out", TensorProto.BOOL, [])]
+    body_outputs += [helper.make_tensor_value_info(outs[r], elem[r], None) for r in OUTPUT_ROLES]
+    body_consts = {} if first_outside else consts
     body = helper.make_graph(
         body_nodes, "detzoo_contract_body",
         [helper.make_tensor_value_info(_P + "i", TensorProto.INT64, []),
          helper.make_tensor_value_info(_P + "cond", TensorProto.BOOL, [])],
         body_outputs,
-        initializer=list(inner.initializer) + [numpy_helper.from_array(v, k) for k, v in consts.items()])
+        initializer=([] if first_outside else weights) + [numpy_helper.from_array(v, k) for k, v in body_consts.items()])
     body.value_info.extend(inner.value_info)
-    del outs
-
-    top = [helper.make_node("Identity", [input_name], [CONTRACT_LOOP_INPUT]),
-           helper.make_node("Shape", [input_name], [_P + "n1"], start=0, end=1),
-           helper.make_node("Squeeze", [_P + "n1", _P + "top_axis0"], [_P + "n"]),
-           helper.make_node("Loop", [_P + "n", ""], [_P + r + "_raw" for r in OUTPUT_ROLES], body=body)]
+    top.append(helper.make_node("Loop", [_P + ("rest" if first_outside else "n"), ""],
+                                [_P + r + ("_rest" if first_outside else "_raw") for r in OUTPUT_ROLES], body=body,
+                                name=_P + "batch_loop"))
     top_consts = {_P + "top_axis0": np.array([0], np.int64)}
+    if first_outside:
+        top_consts.update(consts)
+        for role in OUTPUT_ROLES:
+            top.append(helper.make_node("Unsqueeze", [_P + "first/" + outs[role], _P + "axis0"],
+                                        [_P + role + "_first"]))
+            top.append(helper.make_node("Concat", [_P + role + "_first", _P + role + "_rest"],
+                                        [_P + role + "_all"], axis=0))
+    raw = {r: _P + r + ("_all" if first_outside else "_raw") for r in OUTPUT_ROLES}
     for role, name in zip(OUTPUT_ROLES, output_names):
-        src = _P + role + "_raw"
+        src = raw[role]
         if role == "detection_classes" and class_offset:
             top.append(helper.make_node("Cast", [src], [_P + "classes_f"], to=TensorProto.FLOAT))
             top_consts[_P + "class_offset"] = np.array(class_offset, np.float32)
@@ -194,7 +231,8 @@ def wrap(model, *, input_name: str, output_names: list[str], resize: tuple[int, 
     inp = helper.make_tensor_value_info(input_name, TensorProto.UINT8, None)
     _set_dims(inp, [None, None, None, 3], ["batch", "height", "width", None])
     graph = helper.make_graph(top, inner.name or "detzoo", [inp], outputs,
-                              initializer=[numpy_helper.from_array(v, k) for k, v in top_consts.items()])
+                              initializer=(weights if first_outside else [])
+                              + [numpy_helper.from_array(v, k) for k, v in top_consts.items()])
     out = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name=model.producer_name,
                             producer_version=model.producer_version)
     out.ir_version = model.ir_version

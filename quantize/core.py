@@ -60,9 +60,15 @@ class QuantizeConfig:
     threads: int = 1
     fp32_batch1: bool = False             # also install the prepared fp32 model (batch 1, Loops inlined)
     allow_unsafe_ops: bool = False        # quantize an fp32 artifact with custom-domain ops (recorded)
+    feed_size: tuple | None = None        # calibrate and check on images fed as verify --feed-size feeds them
 
     def __post_init__(self):
         self.folder = Path(self.folder)
+        if self.feed_size is not None:
+            from detzoo.contract import parse_size
+
+            self.feed_size = (parse_size(self.feed_size, "--feed-size") if isinstance(self.feed_size, str)
+                              else tuple(int(x) for x in self.feed_size))
         if not (self.fp16 or self.int8 or self.fp32_batch1):
             raise DetzooError("nothing to do: both --no-fp16 and --no-int8 given; expected at least one variant")
         try:
@@ -200,6 +206,8 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
     if "fp32" not in m.variants:
         raise DetzooError(f"manifest in {folder} has no fp32 variant; it has {sorted(m.variants)}")
     fp32 = m.checked_artifact(folder, "fp32")
+    # Calibration and the checks see exactly what evaluation feeds: with --feed-size, the zoo's resize first.
+    qio = fed_io(m.io, cfg.feed_size)
     if not cfg.allow_unsafe_ops:  # calibration runs the model: scan it first, as every runner does
         from detzoo.safety import scan_onnx
 
@@ -226,7 +234,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
                                       "--max-drop needs held-out images (pass --check-images)")
                 notes[-1] += f"; --max-drop measures on the {len(check_files)} check images that are not"
         fp32_model = onnx.load(str(fp32), load_external_data=False)
-        check_feedable(fp32_model, m.io, decode_image(calib.files[0]))
+        check_feedable(fp32_model, qio, decode_image(calib.files[0]))
         del fp32_model
 
     machine = machine_info()
@@ -238,7 +246,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
         model = onnx.load(str(prepared))
         plan = make_plan(model)
         say(f"precision plan: {plan.summary()}")
-        probe = FidelityProbe(fp32, m.io, check_files, cfg.threads, cfg.allow_unsafe_ops)
+        probe = FidelityProbe(fp32, qio, check_files, cfg.threads, cfg.allow_unsafe_ops)
         if probe.reference_boxes == 0:
             msg = (f"the fp32 model detects nothing >= 0.5 on the {len(probe.images)} check images in "
                    f"{check_folder}, so fidelity cannot be measured")
@@ -254,6 +262,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
                              "resizes inside its graph, so the ranges still describe its tensors; calibrate on "
                              "images like the ones it will see")
         common = {"parent_sha256": m.variants["fp32"].sha256, "allow_unsafe_ops": cfg.allow_unsafe_ops,
+                  "feed_size": list(cfg.feed_size) if cfg.feed_size else None,
                   "batch1": b1.to_json(), **prep_info,
                   "check_images": {"folder": str(check_folder), "count": len(probe.images), "ids": probe.names,
                                    "skipped": probe.skipped}}
@@ -264,7 +273,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
             say("fp32 batch-1: checking the prepared model against the fp32 artifact")
             path = work / files["fp32_batch1"]
             shutil.copyfile(prepared, path)
-            parity = _parity(fp32, path, m.io, probe, cfg.threads, cfg.allow_unsafe_ops)
+            parity = _parity(fp32, path, qio, probe, cfg.threads, cfg.allow_unsafe_ops)
             fid = probe.measure(path).to_json()
             fidelity["fp32_batch1"] = fid
             if not parity["passed"]:
@@ -298,16 +307,16 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
                 plan.exclude(node, why)
             int8_source, cle_json = prepared, None
             if cfg.cle:
-                int8_source, cle_json = _equalize(prepared, model, calib, m.io, work, say)
+                int8_source, cle_json = _equalize(prepared, model, calib, qio, work, say)
             cache = work / "calibration.json"
             say(f"int8: calibrating on {len(calib.files)} images ({cfg.calib_method.value})")
-            calibrate(int8_source, calib, m.io, cfg.calib_method, int8_op_types(plan), settings8.calibrator_options(),
+            calibrate(int8_source, calib, qio, cfg.calib_method, int8_op_types(plan), settings8.calibrator_options(),
                       cache)
             stats = None
             if settings8.weight_config.needs_stats:
                 say("int8: layer input statistics for bias correction" + (" and AdaRound" if cfg.adaround else ""))
                 stats = collect_layer_stats(int8_source, plan.reduced({"Conv"}),
-                                            (preprocess(decode_image(p), m.io) for p in calib.files), cfg.threads)
+                                            (preprocess(decode_image(p), qio) for p in calib.files), cfg.threads)
             path = work / files["int8"]
             quantized = quantize_int8(int8_source, plan, settings8, cache, path, stats)
             fid = probe.measure(path)
@@ -315,7 +324,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
             if cfg.max_drop is not None:
                 path, quantized, fid, search_json = _accuracy_search(cfg.max_drop, int8_source, plan, settings8, cache,
                                                                      work, files["int8"], quantized, fid, probe,
-                                                                     calib, m.io, say, stats)
+                                                                     calib, qio, say, stats)
             say(f"int8: {len(plan.excluded)} network nodes kept float")
             fidelity["int8"] = fid.to_json()
             portability = saturation_report(onnx.load(str(path)))
@@ -323,7 +332,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
                 notes.append(f"int8 target {settings8.target.value}: {portability['unsafe_count']} weight(s) can "
                              "saturate on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI); run this artifact "
                              "only where VNNI or ARM kernels accumulate in int32")
-            speed = speed_probe(fp32, path, m.io, probe.images[0][1], cfg.threads, cfg.allow_unsafe_ops)
+            speed = speed_probe(fp32, path, qio, probe.images[0][1], cfg.threads, cfg.allow_unsafe_ops)
             settings = {**common, "plan": plan.to_json(), "int8": {**settings8.to_json(), "cle": cle_json},
                         "portability": portability,
                         "speed_probe": speed,
@@ -343,7 +352,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
                 tmp = staged[files[name]] = stack.enter_context(staging(folder, ".onnx"))
                 art = onnx.load(str(path))
                 if any_batch and name != "fp32_batch1":  # the batch-1 build gets any batch back: a Loop over the images
-                    art = with_any_batch(art)
+                    art = with_any_batch(art, first_outside=name == "fp16")
                     checks = {**checks, "batch": batch_check(path, art, m.io, batch_images, cfg.allow_unsafe_ops)}
                 onnx.save(art, str(tmp))
                 m.variants[name] = Variant(name=name, file=files[name], precision=name.split("_")[0],
@@ -374,11 +383,25 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
     return result
 
 
-def with_any_batch(model):
-    """The batch-1 model inside the contract's Loop over the batch (no preprocessing: it is already inside)."""
+def fed_io(io, feed_size):
+    """``io`` with the zoo's feeding in front: an OpenCV resize to ``feed_size`` before the model."""
+    if not feed_size:
+        return io
+    from detzoo.source import IOSpec
+
+    return IOSpec.from_dict({**io.to_dict(), "resize": list(feed_size), "resize_with": "cv2"})
+
+
+def with_any_batch(model, first_outside: bool = False):
+    """The batch-1 model inside the contract's Loop over the batch (no preprocessing: it is already inside).
+
+    fp16 runs its first image at the top level: inside a Loop body onnxruntime casts fp16 weights
+    on every call (78 vs 35 ms at batch 1 on the default); int8 keeps every image in the body,
+    whose own weights onnxruntime fuses into QLinearConv (BENCHMARKS.md, contract)."""
     from detzoo.contract import wrap
 
-    return wrap(model, input_name=model.graph.input[0].name, output_names=[o.name for o in model.graph.output])
+    return wrap(model, input_name=model.graph.input[0].name, output_names=[o.name for o in model.graph.output],
+                first_outside=first_outside)
 
 
 def batch_check(batch1: Path, wrapped, io, images: list, allow_unsafe_ops: bool = False) -> dict:

@@ -75,8 +75,9 @@ def _toy_detector(in_type=TensorProto.FLOAT, hw=(8, 6)):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
+@pytest.mark.parametrize("first_outside", [False, True])
 @pytest.mark.parametrize("float_input", [True, False])
-def test_wrapper_preprocesses_batches_and_offsets_classes_as_the_caller_would(float_input):
+def test_wrapper_preprocesses_batches_and_offsets_classes_as_the_caller_would(float_input, first_outside):
     from detzoo.runners import preprocess
     from detzoo.source import IOSpec, TensorSpec
 
@@ -84,7 +85,9 @@ def test_wrapper_preprocesses_batches_and_offsets_classes_as_the_caller_would(fl
     names = ["num_detections", "detection_boxes", "detection_scores", "detection_classes"]
     wrapped = wrap(inner, input_name="image_tensor:0", output_names=names, resize=(8, 6),
                    scale=1 / 127.5 if float_input else None, offset=-1.0 if float_input else 0.0,
-                   round_to_uint8=not float_input, class_offset=1)
+                   round_to_uint8=not float_input, class_offset=1, first_outside=first_outside)
+    tops = [n.op_type for n in wrapped.graph.node]
+    assert tops.count("Loop") == 1 and ("ReduceMean" in tops) == first_outside  # image 0 at the top level
     io = IOSpec(input=TensorSpec("x", "float32" if float_input else "uint8", [1, 8, 6, 3]),
                 outputs=dict(zip(names, names)), resize=[8, 6], scale=1 / 127.5 if float_input else 1.0,
                 offset=-1.0 if float_input else 0.0, class_offset=1)
@@ -93,6 +96,7 @@ def test_wrapper_preprocesses_batches_and_offsets_classes_as_the_caller_would(fl
     outer, one = _session(wrapped), _session(inner)
     got = outer.run(None, {"image_tensor:0": images})
     assert [o.shape for o in got] == [(3,), (3, 2, 4), (3, 2), (3, 2)]
+    assert [o.shape for o in outer.run(None, {"image_tensor:0": images[:1]})] == [(1,), (1, 2, 4), (1, 2), (1, 2)]
     assert all(o.dtype == np.float32 for o in got)
     for i in range(3):
         want = one.run(None, {"x": preprocess(images[i], io)})

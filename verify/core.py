@@ -350,6 +350,18 @@ def _source_note(folder: Path, manifest) -> list[str]:
             "matched the manifest and its graph passed the unsafe-op scan"]
 
 
+def _feeding_notes(manifest, names: list, feed_size) -> list[str]:
+    """A fixed-size variant fed the zoo's way beside a source fed its own way: its drop includes the feeding's loss."""
+    if feed_size:
+        return []
+    fixed = [n for n in names if n != "source" and manifest.variant_io(n).resize_with == "cv2"
+             and manifest.variant_io(n).resize]
+    if not fixed:
+        return []
+    return [f"{', '.join(fixed)} were fed resized with OpenCV to their fixed size, the source its own way: their "
+            "drops include that feeding's loss; --feed-size HxW gives every model the same pixels"]
+
+
 def _class_notes(manifest, cls: str) -> list[str]:
     """Say when earlier numbers of this entry come from a CPU of another class (latency is never compared across)."""
     notes = []
@@ -418,7 +430,8 @@ def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy,
         "latency": ({"runs": cfg.latency_runs, "warmup": next(iter(latency.values())).warmup, "images": latency_keys,
                      "threads": cfg.threads, "inter_op_threads": 1, "batch": cfg.batch, "timed": "model call only",
                      "order": "round-robin over models", "cpu_class": cls} if latency else None),
-        "notes": list(data_notes) + _class_notes(manifest, cls) + _source_note(cfg.folder, manifest),
+        "notes": list(data_notes) + _class_notes(manifest, cls) + _source_note(cfg.folder, manifest)
+        + _feeding_notes(manifest, [m.name for m in models], cfg.feed_size),
         "threads": cfg.threads,
         "allow_unsafe_ops": cfg.allow_unsafe_ops,
         "manifest": {"sha256_as_read": sha256_file(cfg.folder / MANIFEST), "source": manifest.source,

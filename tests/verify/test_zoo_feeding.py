@@ -130,3 +130,23 @@ def test_input_size_the_source_cannot_take_is_refused(tmp_path, shapes, shapes_t
         convert(ConvertConfig(source=shapes_tflite, out=out, check_images=shapes[0], keep_source_io=True,
                               input_sizes=["300x300"]))
     assert not out.exists()
+
+
+def test_quantize_feed_size_calibrates_on_the_zoo_feeding(shapes):
+    """int8 is calibrated on exactly what evaluation feeds: with --feed-size, the OpenCV resize first."""
+    from detzoo.images import decode_image, list_images
+    from detzoo.quantize.calibration import ImageReader
+    from detzoo.quantize.core import QuantizeConfig, fed_io
+    from detzoo.runners import resize_like_cv2
+    from detzoo.source import IOSpec, TensorSpec
+
+    io = IOSpec(input=TensorSpec("image_tensor:0", "uint8", [None, None, None, 3]),
+                outputs={r: r for r in ("num_detections", "detection_boxes", "detection_scores",
+                                        "detection_classes")})
+    files = list_images(shapes[0])[:2]
+    fed = ImageReader(files, fed_io(io, (64, 48)), "image_tensor:0").get_next()["image_tensor:0"]
+    np.testing.assert_array_equal(fed[0], resize_like_cv2(decode_image(files[0]), 64, 48))
+    plain = ImageReader(files, fed_io(io, None), "image_tensor:0").get_next()["image_tensor:0"]
+    assert plain.shape[1:3] == decode_image(files[0]).shape[:2]
+    with pytest.raises(DetzooError, match="--feed-size"):
+        QuantizeConfig(folder=".", feed_size="0x5")
