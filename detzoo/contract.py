@@ -308,11 +308,6 @@ def fix_input_size(model, h: int, w: int):
     return onnx.shape_inference.infer_shapes(out)
 
 
-def input_hw(model) -> tuple[int | None, int | None]:
-    dims = _dims(model.graph.input[0])
-    return (dims[1], dims[2]) if len(dims) == 4 else (None, None)
-
-
 def _axis_tf(n_out: int, n_in: int):
     """TF's half-pixel bilinear source indices and weights along one axis, in float32 as TF computes them."""
     scale = np.float32(n_in) / np.float32(n_out)

@@ -410,7 +410,7 @@ def batch_check(batch1: Path, wrapped, io, images: list, allow_unsafe_ops: bool 
     nothing but float rounding (onnxruntime may pick other kernels inside a Loop body)."""
     import numpy as np
 
-    from detzoo.convert.parity import ParityTolerance
+    from detzoo.convert.parity import ParityReport, ParityTolerance
     from detzoo.detections import Detections, agreement
     from detzoo.runners import OrtRunner, resize_like_cv2
 
@@ -437,9 +437,7 @@ def batch_check(batch1: Path, wrapped, io, images: list, allow_unsafe_ops: bool 
                 pairs.append((str(i), (h, w), Detections.from_od_api(*alone, image_hw=(h, w)),
                               Detections.from_od_api(*row, image_hw=(h, w))))
     a = agreement(pairs, tol.min_score, tol.iou)
-    passed = (a.max_score_diff <= tol.score_atol and a.max_box_diff <= tol.box_atol
-              and a.unmatched_reference + a.unmatched_candidate == 0)
-    if not passed:
+    if not ParityReport(a, tol, []).passed:
         raise CheckFailed(f"the batch Loop changed the detections: max |score diff| {a.max_score_diff:.2e}, max "
                           f"|box diff| {a.max_box_diff:.2e}, unmatched {a.unmatched_reference + a.unmatched_candidate}"
                           "; nothing was written")

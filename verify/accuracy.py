@@ -74,10 +74,9 @@ def _prepare(models: list[Model], rec: ImageRecord, feed_size=None) -> _Prepared
         p.error = str(e)
         return p
     p.hw = p.image.shape[:2]
-    if feed_size:  # the zoo's feeding: every model starts from the same resized pixels
-        from detzoo.runners import resize_like_cv2
+    from detzoo.verify.core import fed_image
 
-        p.image = resize_like_cv2(p.image, *feed_size)
+    p.image = fed_image(p.image, feed_size)  # the zoo's feeding: every model starts from the same pixels
     for m in models:  # models sharing an IO spec share one batch
         if p.cached[m.name] is None and id(m.runner.io) not in p.batches:
             p.batches[id(m.runner.io)] = preprocess(p.image, m.runner.io)

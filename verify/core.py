@@ -172,7 +172,6 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
     Raises DetzooError for bad input before anything is written, and CheckFailed (after writing
     the report and manifest) when an artifact's drop exceeds ``cfg.max_drop``.
     """
-    from detzoo.runners import preprocess
     from detzoo.source import open_source
     from detzoo.verify.accuracy import collect_detections, evaluate_models
     from detzoo.verify.latency import measure_latency
@@ -216,7 +215,7 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
                 with contextlib.suppress(ImageError):
                     images.append(fed_image(decode_image(r.path), cfg.feed_size))
                     latency_keys.append(r.key)
-            batches, latency_notes = latency_batches(models, images, cfg.batch, cfg.feed_size)
+            batches, latency_notes = latency_batches(models, images, cfg.batch)
             if batches:
                 timed = {m.name: m.runner for m in models if m.name in batches}
                 with progress.task(f"latency ({cfg.latency_runs} runs x {len(timed)} models, batch {cfg.batch})",
@@ -288,7 +287,7 @@ def fed_image(image, feed_size):
     return resize_like_cv2(image, *feed_size)
 
 
-def latency_batches(models: list, images: list, batch: int, feed_size) -> tuple[dict, list]:
+def latency_batches(models: list, images: list, batch: int) -> tuple[dict, list]:
     """Each model's latency inputs: ``batch`` images stacked after its own preprocessing, cycling.
 
     A model whose input holds one image only (a source with a fixed batch of one) is left out at
