@@ -74,6 +74,7 @@ class ConvertResult:
     parity: ParityReport | None
     seconds: float
     parities: dict = field(default_factory=dict)  # every variant's parity, fixed-size ones too
+    variant: str = "fp32"  # the converted variant: int8 for an integer TFLite source
 
 
 def default_name(src: ModelSource) -> str:
@@ -131,7 +132,16 @@ def run_tf2onnx(src: ModelSource, io: IOSpec, opset: int):
                     gd, name=src.path.name, continue_on_error=True, opset=opset, input_names=inputs,
                     output_names=outputs, tensors_to_rename=renames, initialized_tables=tables)
             else:
-                model, _ = tf2onnx.convert.from_tflite(str(src.path), opset=opset)
+                from onnx import helper
+
+                from detzoo.convert import tflite_postprocess
+
+                # TFLite_Detection_PostProcess: tf2onnx approximates it; it becomes a placeholder
+                # here and is expanded below into the kernel's exact algorithm.
+                model, _ = tf2onnx.convert.from_tflite(
+                    str(src.path), opset=opset, custom_op_handlers=tflite_postprocess.tf2onnx_handlers(),
+                    extra_opset=[helper.make_opsetid(tflite_postprocess.DOMAIN, 1)])
+                model = tflite_postprocess.expand(model)
     except DetzooError:
         raise
     except Exception as e:  # tf2onnx raises bare exceptions of many kinds; the model passed every check
@@ -219,6 +229,16 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
         io = detect_io(src, cfg.input_name, cfg.output_names, graph=graph)
         if cfg.label_map:
             io.label_map = {int(k): str(v) for k, v in cfg.label_map.items()}
+        steps, source_precision = None, "fp32"
+        if src.format == ModelFormat.TFLITE:
+            from detzoo.convert.tflite_postprocess import output_steps
+            from detzoo.source import tflite_precision
+
+            steps = output_steps(src.path.read_bytes())  # None for a float model
+            source_precision = tflite_precision(graph)
+        # An integer source converts to the int8 variant (quantize does not quantize it again); a
+        # float16 TFLite dequantizes its weights at load and computes in float32, as its ONNX does.
+        base = "int8" if source_precision == "int8" else "fp32"
         del graph
         name = cfg.name or default_name(src)
         if cfg.input_sizes and cfg.keep_source_io and io.resize:
@@ -230,7 +250,7 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
         model = canonicalize(model)
         cfg.out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(cfg.out)
-        artifact = cfg.out / f"{name}.fp32.onnx"
+        artifact = cfg.out / f"{name}.{base}.onnx"
         variants, staged, parities = {}, {}, {}
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(staging(cfg.out, ".onnx"))
@@ -241,32 +261,35 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
                         "onnx_outputs": [o.name for o in model.graph.output],
                         "contract": not cfg.keep_source_io,
                         "conversion_seconds": round(conversion_seconds, 3),
-                        "allow_unsafe_ops": cfg.allow_unsafe_ops}
-            variants["fp32"] = Variant(name="fp32", file=artifact.name, precision="fp32", sha256=sha256_file(tmp),
+                        "allow_unsafe_ops": cfg.allow_unsafe_ops, "source_precision": source_precision}
+            if steps is not None:
+                settings["source_output_steps"] = steps.to_json()
+            variants[base] = Variant(name=base, file=artifact.name, precision=base, sha256=sha256_file(tmp),
                                        size=tmp.stat().st_size, opset=cfg.opset, settings=settings)
             staged[artifact.name] = tmp
-            ios = {"fp32": art_io}
+            ios = {base: art_io}
             for h, w in cfg.input_sizes:
                 from detzoo.contract import fix_input_size
 
-                vname = fixed_size_name("fp32", h, w)
+                vname = fixed_size_name(base, h, w)
                 vtmp = stack.enter_context(staging(cfg.out, ".onnx"))
                 onnx.save(fix_input_size(model, h, w), vtmp)
                 ios[vname] = fixed_size_io(art_io, h, w)
-                variants[vname] = Variant(name=vname, file=f"{name}.{vname}.onnx", precision="fp32",
+                variants[vname] = Variant(name=vname, file=f"{name}.{vname}.onnx", precision=base,
                                           sha256=sha256_file(vtmp), size=vtmp.stat().st_size, opset=cfg.opset,
-                                          parent="fp32", io=ios[vname].to_dict(),
+                                          parent=base, io=ios[vname].to_dict(),
                                           settings={**settings, "input_size": [h, w]})
                 staged[variants[vname].file] = vtmp
             if cfg.check:
                 images = cfg.check_images or demo_dir("eval")
+                tolerance = cfg.tolerance.for_source(steps)
                 with source_runner(src.format, src.path, io, cfg.threads,
                                    allow_unsafe_ops=cfg.allow_unsafe_ops) as s_run:
                     for vname, v in variants.items():
                         with OrtRunner(staged[v.file], ios[vname], cfg.threads,
                                        allow_unsafe_ops=cfg.allow_unsafe_ops) as o_run:
-                            feed = tuple(ios[vname].resize) if vname != "fp32" else None
-                            parities[vname] = check_parity(s_run, o_run, images, cfg.tolerance, cfg.check_limit,
+                            feed = tuple(ios[vname].resize) if vname != base else None
+                            parities[vname] = check_parity(s_run, o_run, images, tolerance, cfg.check_limit,
                                                            feed=feed)
                         v.checks["parity"] = {**parities[vname].to_json(), "images_dir": str(images),
                                               "fed": (f"{feed[0]}x{feed[1]} (OpenCV bilinear) to both"
@@ -275,8 +298,8 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
                                 source_io=None if art_io is io else io)
             manifest.save(cfg.out, staged)  # artifacts and manifest in one commit
         _clean_replaced(cfg.out, old, keep={v.file for v in variants.values()})
-    parity = parities.get("fp32")
-    result = ConvertResult(manifest, artifact, parity, time.perf_counter() - t0, parities)
+    parity = parities.get(base)
+    result = ConvertResult(manifest, artifact, parity, time.perf_counter() - t0, parities, base)
     for vname, p in parities.items():
         if not p.passed:
             raise CheckFailed(f"{variants[vname].file} does not match its source: {p.summary()}")

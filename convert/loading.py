@@ -20,8 +20,11 @@ def load_model_graph(src: ModelSource, allow_unsafe_ops: bool = False):
             scan_saved_model(meta, f"SavedModel {src.path}")
         return meta, sig
     if src.format == ModelFormat.TFLITE:
+        from detzoo.convert.tflite_postprocess import check_tflite
+
         interp = tflite_interpreter(src.path)
         if not allow_unsafe_ops:
             scan_tflite(src.path, interp._get_ops_details())
+        check_tflite(src.path.read_bytes(), src.path.name)
         return interp
     raise DetzooError(f"unsupported source format {src.format}")

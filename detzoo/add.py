@@ -20,7 +20,7 @@ import numpy as np
 from detzoo.errors import DetzooError, first_line
 from detzoo.fsutil import sha256_file, staging
 from detzoo.manifest import Manifest, Variant
-from detzoo.source import OUTPUT_ROLES, TFLITE_MAGIC, IOSpec, TensorSpec
+from detzoo.source import OUTPUT_ROLES, TFLITE_MAGIC, IOSpec, TensorSpec, tflite_precision
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -200,19 +200,7 @@ def _check_tflite(path: Path, manifest: Manifest, variant: str, allow_unsafe_ops
     io.label_map = io.label_map or manifest.io.label_map
     io.num_classes = io.num_classes or manifest.io.num_classes
     smoke = _smoke(TFLiteRunner(path, io, label=variant, allow_unsafe_ops=allow_unsafe_ops), path.name)
-    return io, _tflite_precision(interp), None, smoke
-
-
-def _tflite_precision(interp) -> str:
-    """int8 when any tensor carries quantization parameters or is int8. A uint8 input alone is no
-    sign: float detectors often take uint8 pixels and cast inside."""
-    quantized = fp16 = False
-    for t in interp.get_tensor_details():
-        q = t.get("quantization_parameters") or {}
-        scales = np.asarray(q.get("scales", ()))
-        quantized |= bool(scales.size and np.any(scales != 0)) or t["dtype"] == np.int8
-        fp16 |= t["dtype"] == np.float16
-    return "int8" if quantized else "fp16" if fp16 else "fp32"
+    return io, tflite_precision(interp), None, smoke
 
 
 # --- shared -----------------------------------------------------------------------------------

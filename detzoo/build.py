@@ -92,6 +92,11 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
     if conv.parity:
         say(f"  {conv.parity.summary()}")
     quantized = [p for p in cfg.precisions if p != "fp32"]
+    precisions = list(cfg.precisions)
+    if conv.variant != "fp32":  # an integer source: its conversion is the int8 variant, not re-quantized
+        say(f"  the source is an integer model: {conv.artifact.name} is the {conv.variant} variant; "
+            "nothing to quantize")
+        quantized, precisions = [], [conv.variant]
     if quantized:
         from detzoo.quantize import QuantizeConfig, quantize
 
@@ -116,7 +121,7 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
         verify(VerifyConfig(folder=cfg.out, images=cfg.images, annotations=cfg.annotations, limit=cfg.limit,
                             allow_unsafe_ops=cfg.allow_unsafe_ops,
                             threads=cfg.threads, latency_runs=cfg.latency_runs, max_drop=cfg.max_drop,
-                            bootstrap=cfg.bootstrap, variants=built_variants(cfg.out, cfg.precisions, cfg.feed_size),
+                            bootstrap=cfg.bootstrap, variants=built_variants(cfg.out, precisions, cfg.feed_size),
                             feed_size=cfg.feed_size, batch=cfg.batch), console)
     except CheckFailed as e:  # the report is written; finish the entry, then fail
         failure = e

@@ -134,8 +134,12 @@ def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
             check: bool = typer.Option(True, "--check/--no-check", help="Parity check against the source"),
             check_images: Optional[Path] = typer.Option(None, help="Images for the parity check (default: demo frames)"),
             check_limit: Optional[int] = typer.Option(None, help="Use at most N parity images"),
-            score_atol: float = typer.Option(1e-4, help="Parity: max |score diff| of matched detections"),
-            box_atol: float = typer.Option(1e-4, help="Parity: max |box diff|, in units of image size"),
+            score_atol: Optional[float] = typer.Option(
+                None, help="Parity: max |score diff| of matched detections [default: 1e-4; an integer "
+                           "TFLite source: 2 of its output quantization steps]"),
+            box_atol: Optional[float] = typer.Option(
+                None, help="Parity: max |box diff|, in units of image size [default: 1e-4; an integer "
+                           "TFLite source: 2 of its output quantization steps]"),
             parity_min_score: float = typer.Option(0.3, help="Parity: compare detections scoring at least this"),
             max_unmatched: int = typer.Option(0, help="Parity: detections allowed without a counterpart"),
             threads: int = typer.Option(1, help="Intra-op threads for TF and onnxruntime"),
@@ -166,8 +170,11 @@ def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
     io = res.manifest.io
     typer.echo(f"input {io.input.name} {io.input.dtype} {io.input.shape}; outputs "
                f"{', '.join(io.output_names)}; classes raw + {io.class_offset}")
+    if res.variant != "fp32":
+        typer.echo(f"the source is an integer model: this is the entry's {res.variant} variant "
+                   "(quantize does not quantize it again)")
     for vname, p in res.parities.items():
-        typer.echo((f"{vname}: " if vname != "fp32" else "") + p.summary())
+        typer.echo((f"{vname}: " if vname != res.variant else "") + p.summary())
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import re
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -269,5 +270,23 @@ def tflite_interpreter(path: Path, threads: int = 1):
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        custom = re.search(r"unresolved custom op: ([^.\s]+)", str(e))
+        if custom:
+            raise DetzooError(f"{path.name} uses the custom op {custom.group(1)!r}; detzoo converts TFLite "
+                              "models whose only custom op is TFLite_Detection_PostProcess") from None
         raise DetzooError(f"{path.name} is not a loadable TFLite model: {first}") from None
     return interp
+
+
+def tflite_precision(interp) -> str:
+    """int8 when any tensor carries quantization parameters or is int8. A uint8 input alone is no
+    sign: float detectors often take uint8 pixels and cast inside."""
+    import numpy as np
+
+    quantized = fp16 = False
+    for t in interp.get_tensor_details():
+        q = t.get("quantization_parameters") or {}
+        scales = np.asarray(q.get("scales", ()))
+        quantized |= bool(scales.size and np.any(scales != 0)) or t["dtype"] == np.int8
+        fp16 |= t["dtype"] == np.float16
+    return "int8" if quantized else "fp16" if fp16 else "fp32"

@@ -204,6 +204,11 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
     folder = cfg.folder
     m = Manifest.load(folder)
     if "fp32" not in m.variants:
+        integer = [v for v in m.variants.values() if v.settings.get("source_precision") == "int8"]
+        if integer:
+            raise DetzooError(f"{integer[0].file} in {folder} is the conversion of an integer source, already "
+                              "the entry's int8 variant; detzoo does not quantize it again (fp16 and int8 "
+                              "variants are made from float sources)")
         raise DetzooError(f"manifest in {folder} has no fp32 variant; it has {sorted(m.variants)}")
     fp32 = m.checked_artifact(folder, "fp32")
     # Calibration and the checks see exactly what evaluation feeds: with --feed-size, the zoo's resize first.

@@ -191,12 +191,12 @@ def test_precision_is_guessed_or_given(shapes_entry, tmp_path):
 
 def test_tflite_precision_is_guessed_from_quantized_tensors(tmp_path, shapes_tflite):
     """A uint8 input alone is no sign of int8 (the float twin takes uint8 pixels); int8 weights are."""
-    from detzoo.add import _tflite_precision
+    from detzoo.source import tflite_precision
     from detzoo.source import tflite_interpreter
 
-    assert _tflite_precision(tflite_interpreter(shapes_tflite)) == "fp32"
-    assert _tflite_precision(tflite_interpreter(_tflite_classifier(tmp_path / "f.tflite"))) == "fp32"
-    assert _tflite_precision(tflite_interpreter(_tflite_classifier(tmp_path / "q.tflite", quantized=True))) == "int8"
+    assert tflite_precision(tflite_interpreter(shapes_tflite)) == "fp32"
+    assert tflite_precision(tflite_interpreter(_tflite_classifier(tmp_path / "f.tflite"))) == "fp32"
+    assert tflite_precision(tflite_interpreter(_tflite_classifier(tmp_path / "q.tflite", quantized=True))) == "int8"
 
 
 def test_fixed_size_onnx_is_fed_resized_with_opencv(shapes_entry, tmp_path):

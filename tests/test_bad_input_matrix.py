@@ -68,6 +68,24 @@ def _truncated_tflite(c):
     return _convert(c, _write(c["tmp"] / "m.tflite", c["tflite"].read_bytes()[:3000]))
 
 
+def _tflite_other_custom_op(c):
+    from tests.fixtures.postprocess import with_custom_op_renamed
+
+    return _convert(c, with_custom_op_renamed(c["tflite"], c["tmp"] / "m.tflite", "MyCustomOp"))
+
+
+def _tflite_attrs_out_of_range(c):
+    from tests.fixtures.postprocess import with_attrs
+
+    return _convert(c, with_attrs(c["tflite"], c["tmp"] / "m.tflite", max_classes_per_detection=5))
+
+
+def _tflite_two_inputs(c):
+    from tests.fixtures.postprocess import make_postprocess_tflite
+
+    return _convert(c, make_postprocess_tflite(c["tmp"], name="m.tflite"))
+
+
 def _corrupt_artifact_recorded(c):
     """An ONNX file that is garbage but whose sha256 the manifest records (a corrupt upload)."""
     from detzoo.fsutil import sha256_file
@@ -108,6 +126,11 @@ ROWS = [
     ("tflite-random-bytes", lambda c: _convert(c, _write(c["tmp"] / "m.tflite", b"\0\0\0\0TFL3" + os.urandom(500))),
      2, ["m.tflite"], "out"),
     ("tflite-truncated", _truncated_tflite, 2, ["m.tflite"], "out"),
+    ("tflite-other-custom-op", _tflite_other_custom_op, 2, ["m.tflite", "'MyCustomOp'",
+                                                            "TFLite_Detection_PostProcess"], "out"),
+    ("tflite-postprocess-attrs-out-of-range", _tflite_attrs_out_of_range, 2,
+     ["m.tflite", "max_classes_per_detection 5", "num_classes (3)"], "out"),
+    ("tflite-two-inputs", _tflite_two_inputs, 2, ["m.tflite", "2 inputs", "one image input"], "out"),
     ("onnx-as-source", lambda c: _convert(c, _write(c["tmp"] / "m.onnx", os.urandom(100))), 2,
      ["unsupported model file"], "out"),
     ("onnx-artifact-corrupt", _corrupt_artifact_recorded, 2, ["not a readable onnx"], "entry"),
