@@ -246,7 +246,13 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
             if bad:
                 raise DetzooError(f"--input-size {bad[0]}: with --keep-source-io the model takes only "
                                   f"{io.resize[0]}x{io.resize[1]} (drop --keep-source-io to resize inside the graph)")
-        model, art_io = apply_contract(enforce_contract(run_tf2onnx(src, io, cfg.opset), src, io), src, io, cfg)
+        model = run_tf2onnx(src, io, cfg.opset)
+        uint8 = None
+        if src.format == ModelFormat.TFLITE:
+            from detzoo.convert.integer import to_uint8_domain
+
+            model, uint8 = to_uint8_domain(model)  # integer sources: TFLite's integer arithmetic
+        model, art_io = apply_contract(enforce_contract(model, src, io), src, io, cfg)
         model = canonicalize(model)
         cfg.out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(cfg.out)
@@ -264,6 +270,8 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
                         "allow_unsafe_ops": cfg.allow_unsafe_ops, "source_precision": source_precision}
             if steps is not None:
                 settings["source_output_steps"] = steps.to_json()
+            if uint8 is not None and uint8.tensors:
+                settings["integer"] = uint8.to_json()
             variants[base] = Variant(name=base, file=artifact.name, precision=base, sha256=sha256_file(tmp),
                                        size=tmp.stat().st_size, opset=cfg.opset, settings=settings)
             staged[artifact.name] = tmp

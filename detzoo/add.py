@@ -181,17 +181,17 @@ def _check_onnx(path: Path, manifest: Manifest, variant: str, allow_unsafe_ops: 
 
 def _check_tflite(path: Path, manifest: Manifest, variant: str, allow_unsafe_ops: bool):
     from detzoo.convert.iodetect import detect_io
+    from detzoo.convert.loading import load_model_graph
     from detzoo.runners import TFLiteRunner
-    from detzoo.safety import scan_tflite
-    from detzoo.source import open_source, tflite_interpreter
+    from detzoo.source import open_source
 
-    try:
-        interp = tflite_interpreter(path)
-    except DetzooError as e:
-        raise DetzooError(f"{e}; expected a TFLite flatbuffer (.tflite)") from None
-    if not allow_unsafe_ops:
-        scan_tflite(path, interp._get_ops_details())
     with open_source(path) as src:
+        try:  # convert's loading: interpreter, unsafe-op scan, custom ops and post-processing attributes
+            interp = load_model_graph(src, allow_unsafe_ops)
+        except DetzooError as e:
+            if "not a loadable TFLite model" not in str(e):
+                raise
+            raise DetzooError(f"{e}; expected a TFLite flatbuffer (.tflite)") from None
         try:  # fixed size resized by the caller, class_offset 1 after post-processing
             io = detect_io(src, graph=interp)
         except DetzooError as e:  # its hint names convert's --output, which add has not

@@ -82,6 +82,26 @@ def shapes_tflite(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ssd_tflite(tmp_path_factory):
+    """``ssd_tflite(precision, regular=False)``: the tiny SSD-shaped TFLite family (float, float16,
+    int8, uint8 post-processing inputs), calibrated on the demo calibration frames; built once."""
+    from detzoo.images import decode_image, demo_dir, list_images
+    from tests.fixtures import models
+
+    root = tmp_path_factory.mktemp("ssd_tflite")
+    calib = [decode_image(p) for p in list_images(demo_dir("calib"))[:16]]
+    cache = {}
+
+    def get(precision: str, regular: bool = False) -> Path:
+        if (precision, regular) not in cache:
+            cache[precision, regular] = models.make_ssd_tflite(root, precision=precision, use_regular_nms=regular,
+                                                               calibration_images=calib)
+        return cache[precision, regular]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def two_stage_graph(tmp_path_factory):
     """A TF1 frozen graph shaped like Faster R-CNN: NMS, CropAndResize, per-class NMS in a While loop."""
     from tests.fixtures import models

@@ -261,7 +261,10 @@ def open_models(cfg: VerifyConfig, manifest: Manifest, names: list, artifacts: d
     def cache(name, sha):
         return DetectionCache(cfg.folder, sha, cache_io(manifest, name, cfg.feed_size), cache_tag) if cfg.use_cache else None
 
-    models = [Model("source", "tensorflow" if src.format.value != "tflite" else "tflite", "fp32",
+    # The source's precision as convert found it (an integer TFLite is int8, a float16 one fp16).
+    src_precision = next((v.settings["source_precision"] for v in manifest.variants.values()
+                          if v.settings.get("source_precision")), "fp32")
+    models = [Model("source", "tensorflow" if src.format.value != "tflite" else "tflite", src_precision,
                     Path(manifest.source["path"]).name, src.sha256, int(manifest.source.get("size") or src.size),
                     model_runner(manifest, "source", None, src, cfg.threads, cfg.allow_unsafe_ops),
                     cache("source", src.sha256))]
