@@ -113,8 +113,9 @@ def _print_onnx(report: dict) -> None:
     if q is None:
         typer.echo("int8:          none (a float model)")
     elif q["saturation_safe"]:
-        typer.echo(f"int8:          saturation-safe on every CPU: {q['gemm_weights_checked']} GEMM weights, largest "
-                   f"u8 x s8 pair {q['largest_pair_sum']} <= {q['bound']}; {q['depthwise_weights']} depthwise (int32)")
+        typer.echo(f"int8:          saturation-safe on every CPU: {q['gemm_weights_checked']} u8 x s8 GEMM weights, "
+                   f"largest pair {q['largest_pair_sum']} <= {q['bound']}; {q.get('u8_gemm_weights', 0)} u8 x u8 "
+                   f"GEMM (16-bit); {q['depthwise_weights']} depthwise (int32)")
     else:
         typer.echo(f"int8:          NOT saturation-safe: {q['unsafe_count']} of {q['gemm_weights_checked']} GEMM weights "
                    f"have a pair above {q['bound']} (largest {q['largest_pair_sum']}); exact only with VNNI or on ARM")

@@ -109,6 +109,8 @@ class WeightLayer:
     bias_scale: str | None = None
     act_scale: float | None = None   # the node's input activation scale (u8)
     act_uint8: bool = True
+    weight: object = field(default=None, repr=False)  # the initializer itself (subgraphs have their own)
+    weight_uint8: bool = False       # u8 weights: onnxruntime's u8 x u8 kernels widen to 16 bits, exact
 
 
 def _attr(node, name, default):
@@ -125,35 +127,46 @@ def is_depthwise(node, weight_shape) -> bool:
             and weight_shape[0] == group)
 
 
-def weight_layers(model) -> list[WeightLayer]:
-    """Every compute node of ``model`` (a QDQ graph) whose weight comes from an int8 DequantizeLinear."""
-    from onnx import TensorProto, numpy_helper
+def weight_layers(model, subgraphs: bool = False, uint8: bool = False) -> list[WeightLayer]:
+    """Every compute node of ``model`` (a QDQ graph) whose weight comes from an int8 DequantizeLinear
+    (and a uint8 one with ``uint8``); with ``subgraphs`` also those inside Loop/If bodies, as in the
+    installed artifacts, whose batch Loop holds the network."""
+    from onnx import AttributeProto, TensorProto, numpy_helper
 
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
+    types = (TensorProto.INT8, TensorProto.UINT8) if uint8 else (TensorProto.INT8,)
     out = []
-    for n in g.node:
-        if n.op_type not in GEMM_OPS or len(n.input) < 2:
-            continue
-        dq = producer.get(n.input[1])
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-            continue
-        w = inits[dq.input[0]]
-        if w.data_type != TensorProto.INT8:
-            continue
-        layer = WeightLayer(n.name, n.op_type, is_depthwise(n, list(w.dims)), dq.input[0], dq.input[1],
-                            _attr(dq, "axis", 1))
-        adq = producer.get(n.input[0])
-        if adq is not None and adq.op_type == "DequantizeLinear" and adq.input[1] in inits:
-            layer.act_scale = float(numpy_helper.to_array(inits[adq.input[1]]).reshape(-1)[0])
-            if len(adq.input) > 2 and adq.input[2] in inits:
-                layer.act_uint8 = inits[adq.input[2]].data_type == TensorProto.UINT8
-        if len(n.input) > 2 and n.input[2]:
-            bdq = producer.get(n.input[2])
-            if bdq is not None and bdq.op_type == "DequantizeLinear" and bdq.input[0] in inits:
-                layer.bias_q, layer.bias_scale = bdq.input[0], bdq.input[1]
-        out.append(layer)
+
+    def visit(g, outer):
+        inits = {**outer, **{i.name: i for i in g.initializer}}
+        producer = {o: n for n in g.node for o in n.output}
+        for n in g.node:
+            if n.op_type not in GEMM_OPS or len(n.input) < 2:
+                continue
+            dq = producer.get(n.input[1])
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+                continue
+            w = inits[dq.input[0]]
+            if w.data_type not in types:
+                continue
+            layer = WeightLayer(n.name, n.op_type, is_depthwise(n, list(w.dims)), dq.input[0], dq.input[1],
+                                _attr(dq, "axis", 1), weight=w, weight_uint8=w.data_type == TensorProto.UINT8)
+            adq = producer.get(n.input[0])
+            if adq is not None and adq.op_type == "DequantizeLinear" and adq.input[1] in inits:
+                layer.act_scale = float(numpy_helper.to_array(inits[adq.input[1]]).reshape(-1)[0])
+                if len(adq.input) > 2 and adq.input[2] in inits:
+                    layer.act_uint8 = inits[adq.input[2]].data_type == TensorProto.UINT8
+            if len(n.input) > 2 and n.input[2]:
+                bdq = producer.get(n.input[2])
+                if bdq is not None and bdq.op_type == "DequantizeLinear" and bdq.input[0] in inits:
+                    layer.bias_q, layer.bias_scale = bdq.input[0], bdq.input[1]
+            out.append(layer)
+        if subgraphs:
+            for n in g.node:
+                for a in n.attribute:
+                    for sub in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                        visit(sub, inits)
+
+    visit(model.graph, {})
     return out
 
 
@@ -427,17 +440,18 @@ def collect_layer_stats(float_path, nodes, batches, threads: int = 1, seed: int 
 def saturation_report(model) -> dict:
     """Whether any u8 x s8 weight pair of ``model`` can saturate VPMADDUBSW's int16 sum (x86 without VNNI).
 
-    Proven from the artifact alone: for each GEMM weight, the two largest |q| of every output
-    channel; depthwise convolutions run in int32 and are safe at any 8-bit value.
+    Proven from the artifact alone, batch Loop bodies included: for each GEMM weight, the two
+    largest |q| of every output channel; depthwise convolutions run in int32 and u8 x u8 GEMMs
+    (an integer TFLite's conversion) widen to 16 bits, both exact at any 8-bit value.
     """
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
     checked, unsafe, worst = 0, [], 0
-    for layer in weight_layers(model):
-        if layer.depthwise or not layer.act_uint8:
+    layers = weight_layers(model, subgraphs=True, uint8=True)
+    for layer in layers:
+        if layer.depthwise or layer.weight_uint8 or not layer.act_uint8:
             continue
-        q = numpy_helper.to_array(inits[layer.q_name]).astype(np.int32)
+        q = numpy_helper.to_array(layer.weight).astype(np.int32)
         q2d, _ = _as_2d(np.abs(q), layer.axis if layer.axis >= 0 else layer.axis + q.ndim)
         top = np.sort(q2d, axis=1)[:, ::-1]
         pair = top[:, 0] + (top[:, 1] if top.shape[1] > 1 else 0)
@@ -445,10 +459,11 @@ def saturation_report(model) -> dict:
         worst = max(worst, int(pair.max()))
         if pair.max() > PAIR_BOUND:
             unsafe.append(layer.node)
-    layers = weight_layers(model)
     return {"saturation_safe": not unsafe, "gemm_weights_checked": checked,
             "depthwise_weights": sum(l.depthwise for l in layers),
+            "u8_gemm_weights": sum(l.weight_uint8 and not l.depthwise for l in layers),
             "largest_pair_sum": worst, "bound": PAIR_BOUND, "unsafe_nodes": unsafe[:20],
             "unsafe_count": len(unsafe),
             "rule": f"u8 activations x s8 weights: the two largest |q| of every GEMM output channel add up to "
-                    f"<= {PAIR_BOUND} (255 x {PAIR_BOUND} <= 32767); depthwise kernels accumulate in int32"}
+                    f"<= {PAIR_BOUND} (255 x {PAIR_BOUND} <= 32767); depthwise kernels accumulate in int32; "
+                    "u8 x u8 GEMMs widen to 16 bits"}

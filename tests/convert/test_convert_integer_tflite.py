@@ -85,6 +85,10 @@ def test_integer_artifact_runs_integer_convolutions(converted):
     _, optimized = _onnx_nodes(out.parent / "optimized.onnx")
     assert sum(n.op_type == "QLinearConv" for n in optimized) == convs > 0
     assert not any(n.op_type == "Conv" for n in optimized)
+    from detzoo.convert.inspect import inspect_onnx
+
+    proof = inspect_onnx(out / res.manifest.variants["int8"].file)["int8"]  # exact on every CPU, from the file
+    assert proof["saturation_safe"] and proof["u8_gemm_weights"] + proof["depthwise_weights"] == convs
 
 
 @pytest.mark.parametrize("precision, expected", [("float", "fp32"), ("float16", "fp16")])

@@ -55,6 +55,12 @@ def test_fp16_and_int8_recorded_and_runnable(sm_entry, shapes_split):
     assert s["check_images"]["count"] == len(list_images(shapes_split[1]))
     types = {n.op_type for n in walk_nodes(onnx.load(sm_entry / m.variants["int8"].file).graph)}
     assert {"QuantizeLinear", "DequantizeLinear"} <= types
+    # inspect proves the installed file (its network inside the batch Loop) as quantize did
+    from detzoo.convert.inspect import inspect_onnx
+
+    proof = inspect_onnx(sm_entry / m.variants["int8"].file)["int8"]
+    assert proof["gemm_weights_checked"] == s["portability"]["gemm_weights_checked"] > 0
+    assert proof["saturation_safe"] and proof["largest_pair_sum"] == s["portability"]["largest_pair_sum"]
     for name in ("fp16", "int8"):  # the batch-1 build takes any batch again, checked row by row
         v = m.variants[name]
         assert v.settings["batch"] == "any" and v.checks["batch"]["checked"] and v.checks["batch"]["batch"] == 2
