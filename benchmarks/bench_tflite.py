@@ -1,8 +1,8 @@
 """TFLite detectors: parity and fidelity against the TFLite interpreter, before and after.
 
 ``python -m benchmarks.bench_tflite [--images DIR] [--limit N]`` builds the test suite's SSD-shaped
-TFLite family (float, int8, uint8 post-processing inputs; fast and regular NMS; calibrated on the
-demo calibration frames) and converts each three ways:
+TFLite family (float, int8, uint8 post-processing inputs, uint8-qat: every tensor uint8 as in the
+zoo's quantized SSDs; fast and regular NMS; calibrated on the demo calibration frames) and converts each three ways:
 
 * ``tf2onnx``: tf2onnx's own handler (per-class NonMaxSuppression for both NMS modes), int8 QDQ;
 * ``exact NMS``: detzoo's TFLite_Detection_PostProcess, int8 QDQ as tf2onnx writes it;
@@ -169,12 +169,12 @@ def main(argv=None) -> None:
             mach = machine_info()
             print(f"CPU: {mach['cpu']}, class {mach['cpu_class']} ({', '.join(mach['flags'])}); images: {images}")
             return
-        for precision in ("float", "int8", "uint8"):
+        for precision in ("float", "int8", "uint8", "uint8-qat"):
             for regular in (False, True):
                 src = make_ssd_tflite(root, precision=precision, use_regular_nms=regular, calibration_images=calib)
                 for kind in ("tf2onnx", "exact NMS", "detzoo"):
-                    if precision == "float" and kind == "exact NMS":
-                        continue  # no integer tensors: the same model as detzoo's
+                    if precision in ("float", "uint8-qat") and kind == "exact NMS":
+                        continue  # no int8 tensors to relabel: the same model as detzoo's
                     r = measure(src, root / f"{src.stem}-{kind}", images, args.limit, kind)
                     rows.append((precision, "regular" if regular else "fast", kind, r))
     mach = machine_info()

@@ -1,6 +1,7 @@
 """``make_ssd_tflite`` makes what it claims: tiny SSD-shaped TFLite detectors ending in
-``TFLite_Detection_PostProcess`` in float, float16, int8 and uint8 (quantized post-processing
-inputs) precision, deterministic, with a trained-looking spread of scores."""
+``TFLite_Detection_PostProcess`` in float, float16, int8, uint8 (quantized post-processing
+inputs) and uint8-qat (TOCO-style: every activation uint8) precision, deterministic, with a
+trained-looking spread of scores."""
 
 from __future__ import annotations
 
@@ -121,19 +122,45 @@ def test_structure(build, precision):
     assert fx.ssd_postprocess_inputs(path) == tuple(pp["inputs"])
     details = {d["index"]: d for d in interp.get_tensor_details()}
     pp_types = [details[i]["dtype"] for i in pp["inputs"]]
-    assert pp_types == [np.uint8] * 3 if precision == "uint8" else pp_types == [np.float32] * 3
+    assert pp_types == [np.uint8] * 3 if precision.startswith("uint8") else pp_types == [np.float32] * 3
     interp.set_tensor(inp["index"], np.zeros(inp["shape"], np.uint8))
     interp.invoke()  # float16: the anchors are a DEQUANTIZE (float16 -> float32) output
     np.testing.assert_array_equal(_read(interp, pp["inputs"][2]), fx.ssd_anchors())
     convs = [op for op in ops if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     assert len(convs) == 9
     conv_types = {details[i]["dtype"] for op in convs for i in op["inputs"][:2]}
-    assert conv_types == ({np.int8} if precision in ("int8", "uint8") else {np.float32})
+    assert conv_types == ({np.int8} if precision in ("int8", "uint8") else
+                          {np.uint8} if precision == "uint8-qat" else {np.float32})
     if precision == "float16":
         assert any(d["dtype"] == np.float16 for d in details.values())
-    if precision == "uint8":
+    if precision.startswith("uint8"):
         box, cls, anchors = (details[i]["quantization"] for i in pp["inputs"])
         assert cls == (1 / 256, 0) and anchors[0] == 1 / 256 and anchors[1] > 0 and box[0] > 0
+    if precision == "uint8-qat":
+        _check_all_uint8(ops, details, inp, pp)
+
+
+def _check_all_uint8(ops, details, inp, pp):
+    """As in the zoo's TOCO-quantized SSDs: every activation uint8 (asymmetric, per-tensor),
+    conv filters uint8 per-tensor, biases int32 at input scale * filter scale, no (DE)QUANTIZE."""
+    assert {op["op_name"] for op in ops} == {"CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "CONCATENATION",
+                                             "LOGISTIC", PP}
+    mean, std = fx.SSD_QAT_INPUT_STATS
+    assert inp["quantization"] == (pytest.approx(1 / std), mean)
+    for op in ops:
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            x, f, b, y = (details[i] for i in (*op["inputs"], *op["outputs"]))
+            for t in (x, f, y):
+                assert t["dtype"] == np.uint8 and t["quantization"][0] > 0
+                assert t["quantization_parameters"]["scales"].size == 1      # per-tensor
+            assert b["dtype"] == np.int32 and b["quantization"][1] == 0
+            assert b["quantization"][0] == pytest.approx(x["quantization"][0] * f["quantization"][0], rel=1e-5)
+        if op["op_name"] == "LOGISTIC":
+            assert details[op["outputs"][0]]["quantization"] == (1 / 256, 0)
+            assert op["outputs"][0] == pp["inputs"][1]
+        if op["op_name"] != PP:   # the op's outputs are float32, as in the zoo's models
+            for i in (*op["inputs"], *op["outputs"]):
+                assert details[i]["dtype"] in (np.uint8, np.int32)
 
 
 @pytest.mark.parametrize("precision", fx.SSD_PRECISIONS)
@@ -174,7 +201,36 @@ def test_uint8_matches_int8_and_int8_tracks_float(build, images):
         assert np.abs(in_i8[0] - in_f[0]).mean() < 0.1      # box encodings (int8 clips the extremes)
 
 
-@pytest.mark.parametrize("precision", ["float", "uint8"])
+def test_uint8_qat_tracks_float(build, images):
+    """The fake-quantized graph converted to uint8 keeps the float model's outputs (up to its
+    input zero point 128 instead of 127.5 and uint8 rounding) and detections."""
+    r_q, r_f = (_run(build(p), images) for p in ("uint8-qat", "float"))
+    n_same = n = 0
+    for ((b_q, c_q, s_q), in_q), ((b_f, c_f, s_f), in_f) in zip(r_q, r_f):
+        np.testing.assert_array_equal(in_q[2], in_f[2])               # anchors, exact
+        assert np.abs(in_q[1] - in_f[1]).max() < 0.1                   # class predictions
+        assert np.abs(in_q[1] - in_f[1]).mean() < 0.01
+        assert np.abs(in_q[0] - in_f[0]).mean() < 0.05                 # box encodings
+        same_class = []
+        for box, cls, score in zip(b_f, c_f, s_f):                     # float detections above 0.3 are found
+            if score > 0.3:                                            # (the best class of an anchor may flip)
+                iou = _iou(box, b_q)
+                assert iou.max() > 0.9 and abs(s_q[iou.argmax()] - score) < 0.05
+                same_class.append(c_q[iou.argmax()] == cls)
+        n_same, n = n_same + sum(same_class), n + len(same_class)
+    assert n >= 3 * len(images) and n_same >= 0.9 * n
+
+
+def _iou(box, boxes):
+    """IoU of one [4] (ymin, xmin, ymax, xmax) box with each of [N, 4] boxes."""
+    y0, x0 = np.maximum(box[:2], boxes[:, :2]).T
+    y1, x1 = np.minimum(box[2:], boxes[:, 2:]).T
+    inter = np.clip(y1 - y0, 0, None) * np.clip(x1 - x0, 0, None)
+    area, areas = np.prod(box[2:] - box[:2]), np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return inter / (area + areas - inter)
+
+
+@pytest.mark.parametrize("precision", ["float", "uint8", "uint8-qat"])
 def test_regular_nms(build, images, precision):
     path = build(precision, use_regular_nms=True, detections_per_class=3, max_detections=20,
                  score_threshold=0.25, iou_threshold=0.6, max_classes_per_detection=2)
@@ -194,12 +250,14 @@ def test_regular_nms(build, images, precision):
 
 def test_detections_per_class_option(build):
     assert _options(build("float"))["detections_per_class"] == 10
-    assert "detections_per_class" not in _options(build("float", detections_per_class=None))
+    for precision in ("float", "uint8-qat"):
+        assert "detections_per_class" not in _options(build(precision, detections_per_class=None))
 
 
 def test_deterministic_and_calibration_images(build, tmp_path, images):
-    again = fx.make_ssd_tflite(tmp_path / "again", precision="uint8")
-    assert again.read_bytes() == build("uint8").read_bytes()
+    for precision in ("uint8", "uint8-qat"):
+        again = fx.make_ssd_tflite(tmp_path / "again", precision=precision)
+        assert again.read_bytes() == build(precision).read_bytes()
     assert fx.make_ssd_tflite(tmp_path, name="seed1.tflite", precision="float", seed=1).read_bytes() \
         != build("float").read_bytes()
     from detzoo.images import decode_image, demo_dir, list_images

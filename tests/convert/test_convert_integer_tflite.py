@@ -1,9 +1,9 @@
 """Integer and float16 TFLite detectors through convert, quantize, build and add.
 
 The SSD-shaped TFLite family (tests/fixtures/models.py ``make_ssd_tflite``) in float, float16,
-full-integer (int8 tensors, the op fed float through DEQUANTIZE) and uint8 form (the op reads
-uint8 box encodings, scores and anchors, as the zoo's TOCO-quantized SSDs do), with fast and
-regular NMS, against the TFLite interpreter.
+full-integer (int8 tensors, the op fed float through DEQUANTIZE), uint8 post-processing inputs,
+and uint8-qat (every tensor uint8, per-tensor uint8 weights, made from a fake-quant graph as the
+zoo's quantized SSDs were), with fast and regular NMS, against the TFLite interpreter.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _onnx_nodes(path):
 
 
 @pytest.mark.parametrize("regular", [False, True], ids=["fast-nms", "regular-nms"])
-@pytest.mark.parametrize("precision", ["int8", "uint8"])
+@pytest.mark.parametrize("precision", ["int8", "uint8", "uint8-qat"])
 def test_integer_source_is_the_int8_variant_within_two_output_steps(converted, precision, regular):
     res, out = converted(precision, regular)
     m = json.loads((out / "manifest.json").read_text())
@@ -62,13 +62,15 @@ def test_integer_source_is_the_int8_variant_within_two_output_steps(converted, p
     assert "steps" in res.parity.summary()
 
 
-def test_integer_artifact_runs_integer_convolutions(converted):
-    """The relabelled artifact holds no int8 QDQ (onnxruntime leaves those in float on x86), and
-    onnxruntime's default optimization turns every quantized Conv into an integer QLinearConv."""
+@pytest.mark.parametrize("precision", ["int8", "uint8-qat"])
+def test_integer_artifact_runs_integer_convolutions(converted, precision):
+    """The artifact holds no int8 QDQ (onnxruntime leaves those in float on x86: the int8 model is
+    relabelled, the QAT one is uint8 already), and onnxruntime's default optimization turns every
+    quantized Conv into an integer QLinearConv."""
     import onnxruntime as ort
     from onnx import TensorProto
 
-    res, out = converted("int8")
+    res, out = converted(precision)
     model, nodes = _onnx_nodes(out / res.manifest.variants["int8"].file)
     inits = {}
     stack = [model.graph]
@@ -80,9 +82,9 @@ def test_integer_artifact_runs_integer_convolutions(converted):
     assert qdq and not any(inits[n.input[2]].data_type == TensorProto.INT8 for n in qdq if len(n.input) > 2)
     convs = sum(n.op_type == "Conv" for n in nodes)
     so = ort.SessionOptions()
-    so.optimized_model_filepath = str(out.parent / "optimized.onnx")
+    so.optimized_model_filepath = str(out.parent / f"optimized-{precision}.onnx")
     ort.InferenceSession(str(out / res.manifest.variants["int8"].file), so, providers=["CPUExecutionProvider"])
-    _, optimized = _onnx_nodes(out.parent / "optimized.onnx")
+    _, optimized = _onnx_nodes(out.parent / f"optimized-{precision}.onnx")
     assert sum(n.op_type == "QLinearConv" for n in optimized) == convs > 0
     assert not any(n.op_type == "Conv" for n in optimized)
     from detzoo.convert.inspect import inspect_onnx
