@@ -92,11 +92,11 @@ def ssd_tflite(tmp_path_factory):
     calib = [decode_image(p) for p in list_images(demo_dir("calib"))[:16]]
     cache = {}
 
-    def get(precision: str, regular: bool = False) -> Path:
-        if (precision, regular) not in cache:
-            cache[precision, regular] = models.make_ssd_tflite(root, precision=precision, use_regular_nms=regular,
-                                                               calibration_images=calib)
-        return cache[precision, regular]
+    def get(precision: str, regular: bool = False, residual: bool = False) -> Path:
+        if (precision, regular, residual) not in cache:
+            cache[precision, regular, residual] = models.make_ssd_tflite(
+                root, precision=precision, use_regular_nms=regular, residual=residual, calibration_images=calib)
+        return cache[precision, regular, residual]
 
     return get
 

@@ -140,11 +140,11 @@ def test_structure(build, precision):
         _check_all_uint8(ops, details, inp, pp)
 
 
-def _check_all_uint8(ops, details, inp, pp):
+def _check_all_uint8(ops, details, inp, pp, extra=()):
     """As in the zoo's TOCO-quantized SSDs: every activation uint8 (asymmetric, per-tensor),
     conv filters uint8 per-tensor, biases int32 at input scale * filter scale, no (DE)QUANTIZE."""
     assert {op["op_name"] for op in ops} == {"CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "CONCATENATION",
-                                             "LOGISTIC", PP}
+                                             "LOGISTIC", PP, *extra}
     mean, std = fx.SSD_QAT_INPUT_STATS
     assert inp["quantization"] == (pytest.approx(1 / std), mean)
     for op in ops:
@@ -219,6 +219,31 @@ def test_uint8_qat_tracks_float(build, images):
                 same_class.append(c_q[iou.argmax()] == cls)
         n_same, n = n_same + sum(same_class), n + len(same_class)
     assert n >= 3 * len(images) and n_same >= 0.9 * n
+
+
+def test_residual_uint8_qat_has_a_uint8_add_and_tracks_float(build, images):
+    """``residual=True``: an inverted-residual block ``x + res_pw(relu6(res_dw(x)))``; in uint8-qat a
+    uint8 ADD whose inputs (the [0, 6] ReLU6 output, the calibrated projection) and output have
+    three different scales, as in the zoo's quantized SSD MobileNet v2; the model keeps the
+    residual float model's outputs."""
+    q, f = build("uint8-qat", residual=True), build("float", residual=True)
+    assert q.name == "ssd_uint8-qat_fast_residual.tflite"
+    interp = _interp(q)
+    ops = [op for op in interp._get_ops_details() if op["op_name"] != "DELEGATE"]
+    details = {d["index"]: d for d in interp.get_tensor_details()}
+    _check_all_uint8(ops, details, interp.get_input_details()[0], _pp_op(interp), extra=("ADD",))
+    assert len([op for op in ops if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]) == 11
+    (add,) = [op for op in ops if op["op_name"] == "ADD"]
+    a, b, y = (details[i] for i in (*add["inputs"], *add["outputs"]))
+    assert a["quantization"] == (pytest.approx(6 / 255), 0)           # the ReLU6 output
+    assert len({a["quantization"][0], b["quantization"][0], y["quantization"][0]}) == 3
+    assert {op["op_name"] for op in _interp(f)._get_ops_details()} >= {"ADD"}
+    for ((_, _, s_q), in_q), ((_, _, s_f), in_f) in zip(_run(q, images), _run(f, images)):
+        np.testing.assert_array_equal(in_q[2], in_f[2])               # anchors, exact
+        assert np.abs(in_q[1] - in_f[1]).max() < 0.1                   # class predictions
+        assert np.abs(in_q[1] - in_f[1]).mean() < 0.01
+        assert np.abs(in_q[0] - in_f[0]).mean() < 0.05                 # box encodings
+        assert abs(s_q.max() - s_f.max()) < 0.05
 
 
 def _iou(box, boxes):

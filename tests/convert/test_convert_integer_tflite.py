@@ -63,6 +63,17 @@ def test_integer_source_is_the_int8_variant_within_two_output_steps(converted, p
 
 
 @pytest.mark.parametrize("precision", ["int8", "uint8-qat"])
+def test_residual_add_stays_within_two_steps(ssd_tflite, tmp_path, precision):
+    """A requantizing residual ADD (inputs and output on three scales), as in SSD MobileNet v2."""
+    from detzoo.convert import ConvertConfig, convert
+
+    res = convert(ConvertConfig(source=ssd_tflite(precision, residual=True), out=tmp_path / "entry"))
+    p = res.parity.to_json()
+    assert res.variant == "int8" and p["passed"] and p["matched"] == p["reference"] > 40
+    assert p["score_diff_steps"] <= 2 and p["box_diff_steps"] <= 2
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8-qat"])
 def test_integer_artifact_runs_integer_convolutions(converted, precision):
     """The artifact holds no int8 QDQ (onnxruntime leaves those in float on x86: the int8 model is
     relabelled, the QAT one is uint8 already), and onnxruntime's default optimization turns every
