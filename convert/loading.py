@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from detzoo.errors import DetzooError
-from detzoo.safety import scan_graph_def, scan_saved_model, scan_tflite
+from detzoo import safety
 from detzoo.source import ModelFormat, ModelSource, load_graph_def, load_saved_model_signature, tflite_interpreter
 
 
@@ -12,19 +12,19 @@ def load_model_graph(src: ModelSource, allow_unsafe_ops: bool = False):
     if src.format == ModelFormat.FROZEN_GRAPH:
         gd = load_graph_def(src.path)
         if not allow_unsafe_ops:
-            scan_graph_def(gd, f"graph {src.path.name}")
+            safety.scan_graph_def(gd, f"graph {src.path.name}")
         return gd
     if src.format == ModelFormat.SAVED_MODEL:
         meta, sig = load_saved_model_signature(src.path)
         if not allow_unsafe_ops:
-            scan_saved_model(meta, f"SavedModel {src.path}")
+            safety.scan_saved_model(meta, f"SavedModel {src.path}")
         return meta, sig
     if src.format == ModelFormat.TFLITE:
         from detzoo.convert.tflite_postprocess import check_tflite
 
         interp = tflite_interpreter(src.path)
         if not allow_unsafe_ops:
-            scan_tflite(src.path, interp._get_ops_details())
+            safety.scan_tflite(src.path, interp._get_ops_details())
         check_tflite(src.path.read_bytes(), src.path.name)
         return interp
     raise DetzooError(f"unsupported source format {src.format}")
