@@ -52,7 +52,7 @@ def build(root: Path, say) -> tuple[dict, object, dict]:
     from detzoo.manifest import Manifest
     from detzoo.quantize import QuantizeConfig, quantize
     from detzoo.quantize.calibration import CalibMethod, calibrate, pick_calibration_images
-    from detzoo.quantize.core import _equalize, prepare
+    from detzoo.quantize.core import equalize_prepared, prepare
     from detzoo.quantize.int8 import Int8Settings, int8_op_types, quantize_int8, stem_exclusions
     from detzoo.quantize.plan import make_plan
     from detzoo.quantize.weights import collect_layer_stats, saturation_report
@@ -72,7 +72,7 @@ def build(root: Path, say) -> tuple[dict, object, dict]:
     calib = pick_calibration_images(demo_dir("calib"), None, [], at_most=256)
     sources = {False: prepared}
     say("CLE")
-    sources[True], cle_report = _equalize(prepared, model, calib, m.io, root, say)
+    sources[True], cle_report = equalize_prepared(prepared, model, calib, m.io, root, say)
     prep = {}
     for cle, src in sources.items():
         t = time.perf_counter()

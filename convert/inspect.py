@@ -66,7 +66,7 @@ def inspect_onnx(path) -> dict:
     from google.protobuf.message import DecodeError
 
     from detzoo.fsutil import sha256_file
-    from detzoo.onnxcanon import walk_nodes
+    from detzoo.onnxgraph import walk_nodes
     from detzoo.quantize.weights import saturation_report
     from detzoo.safety import scan_onnx
 

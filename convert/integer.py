@@ -48,13 +48,12 @@ def to_uint8_domain(model):
     import onnx
     from onnx import TensorProto, numpy_helper
 
+    from detzoo.onnxgraph import consumers as consumer_map, has_subgraphs, initializers
+
     g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+    inits = initializers(g)
+    consumers = consumer_map(g)
+    if has_subgraphs(g):
         return model, Uint8Report(False, 0, 0, "the graph has subgraphs")
 
     # int8 tensors: QuantizeLinear outputs with an int8 zero point, and what shift-free ops make of them.

@@ -134,7 +134,7 @@ def custom_ops(tflite_bytes: bytes) -> list[str]:
     model = schema.Model.GetRootAsModel(tflite_bytes, 0)
     codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
     names = [(c.CustomCode() or b"").decode(errors="replace") for c in codes
-             if max(c.BuiltinCode(), c.DeprecatedBuiltinCode()) == 32]  # BuiltinOperator.CUSTOM
+             if max(c.BuiltinCode(), c.DeprecatedBuiltinCode()) == schema.BuiltinOperator.CUSTOM]
     return sorted({n for n in names if not n.startswith("Flex")})
 
 
@@ -366,18 +366,31 @@ class OutputSteps:
                 "box_encoding_step": self.box_encoding_step, "dtypes": self.dtypes}
 
 
-_TFL_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 9: np.int8, 7: np.int16}
+def _tfl_types() -> dict:
+    """TFLite TensorType -> numpy dtype, for the types a detector's constants use."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    t = schema.TensorType
+    return {t.FLOAT32: np.float32, t.FLOAT16: np.float16, t.INT32: np.int32, t.UINT8: np.uint8,
+            t.INT8: np.int8, t.INT16: np.int16}
+
+
+def _integer(tfl_type) -> bool:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return tfl_type in (schema.TensorType.UINT8, schema.TensorType.INT8, schema.TensorType.INT16)
 
 
 def _tensor_values(model, g, ti):
     """A constant tensor's values as float (dequantized), or None when it is not a constant."""
     t = g.tensors[ti]
     buf = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
-    if buf is None or len(buf) == 0 or t.type not in _TFL_TYPES:
+    types = _tfl_types()
+    if buf is None or len(buf) == 0 or t.type not in types:
         return None
-    v = np.frombuffer(bytes(bytearray(buf)), dtype=_TFL_TYPES[t.type]).astype(np.float64)
+    v = np.frombuffer(bytes(bytearray(buf)), dtype=types[t.type]).astype(np.float64)
     q = t.quantization
-    if q is not None and q.scale is not None and len(q.scale) == 1 and t.type in (3, 9, 7):
+    if q is not None and q.scale is not None and len(q.scale) == 1 and _integer(t.type):
         v = (v - float(q.zeroPoint[0])) * float(q.scale[0])
     return v.reshape(list(t.shape)) if t.shape is not None else v
 
@@ -387,11 +400,13 @@ def _quant_scale(model, g, ti, producers):
     from (MLIR-quantized models feed the custom op float through DEQUANTIZE); None for float."""
     t = g.tensors[ti]
     q = t.quantization
-    if t.type in (3, 9, 7) and q is not None and q.scale is not None and len(q.scale):
-        return float(q.scale[0]), np.dtype(_TFL_TYPES[t.type]).name
+    if _integer(t.type) and q is not None and q.scale is not None and len(q.scale):
+        return float(q.scale[0]), np.dtype(_tfl_types()[t.type]).name
     op = producers.get(ti)
     code = model.operatorCodes[op.opcodeIndex] if op is not None else None
-    if code is not None and max(code.builtinCode, code.deprecatedBuiltinCode) == 6:  # DEQUANTIZE
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    if code is not None and max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE:
         return _quant_scale(model, g, op.inputs[0], producers)
     return None
 

@@ -101,17 +101,6 @@ def add(folder, model, variant: str, force: bool = False, allow_unsafe_ops: bool
 
 # --- ONNX -------------------------------------------------------------------------------------
 
-def _graphs(g):
-    """``g`` and its subgraphs: converted detectors keep their network inside a Loop body."""
-    import onnx
-
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs):
-                yield from _graphs(sub)
-
-
 def _shape(dims) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
@@ -121,7 +110,8 @@ def _check_onnx(path: Path, manifest: Manifest, variant: str, allow_unsafe_ops: 
     from google.protobuf.message import DecodeError
     from onnx import TensorProto
 
-    from detzoo.contract import _dims, fixed_size_io
+    from detzoo.contract import fixed_size_io, value_dims
+    from detzoo.onnxgraph import walk_graphs
     from detzoo.runners import OrtRunner
     from detzoo.safety import scan_onnx
 
@@ -134,7 +124,7 @@ def _check_onnx(path: Path, manifest: Manifest, variant: str, allow_unsafe_ops: 
         raise DetzooError(f"{path.name} holds no ONNX graph nodes: expected an ONNX detection model")
     if not allow_unsafe_ops:
         scan_onnx(model, f"ONNX model {path.name}")
-    if any(t.data_location == TensorProto.EXTERNAL for g in _graphs(model.graph) for t in g.initializer):
+    if any(t.data_location == TensorProto.EXTERNAL for g in walk_graphs(model.graph) for t in g.initializer):
         raise DetzooError(f"{path.name} keeps its weights in external data files: expected a self-contained .onnx")
 
     g = model.graph
@@ -144,15 +134,15 @@ def _check_onnx(path: Path, manifest: Manifest, variant: str, allow_unsafe_ops: 
         raise DetzooError(f"{path.name} takes {len(inputs)} inputs {[i.name for i in inputs]}: expected one "
                           "image input uint8 [N, H, W, 3]")
     inp = inputs[0]
-    dims, elem = _dims(inp), inp.type.tensor_type.elem_type
+    dims, elem = value_dims(inp), inp.type.tensor_type.elem_type
     if elem != TensorProto.UINT8 or len(dims) != 4 or dims[3] not in (3, None):
         raise DetzooError(f"{path.name} input {inp.name} is {TensorProto.DataType.Name(elem).lower()} "
                           f"{_shape(dims)}: expected uint8 [N, H, W, 3] (the zoo feeds uint8 image_tensor:0)")
     outs = list(g.output)
-    ranks = [len(_dims(o)) if o.type.tensor_type.HasField("shape") else None for o in outs[:4]]
+    ranks = [len(value_dims(o)) if o.type.tensor_type.HasField("shape") else None for o in outs[:4]]
     if len(outs) < 4 or any(r not in (None, want) for r, want in zip(ranks, (1, 3, 2, 2))) or (
-            ranks[1] == 3 and _dims(outs[1])[2] not in (4, None)):
-        got = ", ".join(f"{o.name} {_shape(_dims(o))}" for o in outs[:6])
+            ranks[1] == 3 and value_dims(outs[1])[2] not in (4, None)):
+        got = ", ".join(f"{o.name} {_shape(value_dims(o))}" for o in outs[:6])
         raise DetzooError(f"{path.name} does not give detections: its outputs are {got}; expected at least 4, "
                           f"first {EXPECTED_OUTPUTS}")
 
@@ -166,10 +156,10 @@ def _check_onnx(path: Path, manifest: Manifest, variant: str, allow_unsafe_ops: 
         io.input.shape = dims
     smoke = _smoke(OrtRunner(path, io, label=variant, allow_unsafe_ops=allow_unsafe_ops), path.name)
 
-    ops = {n.op_type for sub in _graphs(g) for n in sub.node}
+    ops = {n.op_type for sub in walk_graphs(g) for n in sub.node}
     if any(op in _INT8_OPS or op.startswith("QLinear") for op in ops):
         guessed = "int8"
-    elif any(t.data_type == TensorProto.FLOAT16 for sub in _graphs(g) for t in sub.initializer):
+    elif any(t.data_type == TensorProto.FLOAT16 for sub in walk_graphs(g) for t in sub.initializer):
         guessed = "fp16"
     else:
         guessed = "fp32"

@@ -69,7 +69,7 @@ def fixed_size_name(precision: str, h: int, w: int) -> str:
 
 # --- graph surgery ------------------------------------------------------------------------------
 
-def _dims(vi) -> list:
+def value_dims(vi) -> list:
     return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
 
 
@@ -86,7 +86,7 @@ def _set_dims(vi, dims: list, names: list | None = None) -> None:
 
 
 def batch_of_one(model) -> bool:
-    dims = _dims(model.graph.input[0])
+    dims = value_dims(model.graph.input[0])
     return bool(dims) and dims[0] == 1
 
 
@@ -117,7 +117,7 @@ def wrap(model, *, input_name: str, output_names: list[str], resize: tuple[int, 
         raise DetzooError(f"expected a model with one input and four outputs, got {len(inner.input)} and "
                           f"{len(inner.output)}")
     in_vi = inner.input[0]
-    in_dims = _dims(in_vi)
+    in_dims = value_dims(in_vi)
     in_type = in_vi.type.tensor_type.elem_type
     if len(in_dims) != 4:
         raise DetzooError(f"input {in_vi.name} has rank {len(in_dims)}; expected [batch, height, width, 3]")
@@ -217,7 +217,7 @@ def wrap(model, *, input_name: str, output_names: list[str], resize: tuple[int, 
             top.append(helper.make_node("Add", [_P + "classes_f", _P + "class_offset"], [name]))
         else:
             top.append(helper.make_node("Cast", [src], [name], to=TensorProto.FLOAT))
-    k = {r: _dims(o)[1] if len(_dims(o)) > 1 else None for r, o in zip(OUTPUT_ROLES, inner.output)}
+    k = {r: value_dims(o)[1] if len(value_dims(o)) > 1 else None for r, o in zip(OUTPUT_ROLES, inner.output)}
     shapes = {"num_detections": ["batch"], "detection_boxes": ["batch", k["detection_boxes"], 4],
               "detection_scores": ["batch", k["detection_scores"]],
               "detection_classes": ["batch", k["detection_classes"]]}
@@ -284,7 +284,7 @@ def _rename_values(g, mapping: dict) -> None:
 
 
 def _all_nodes(g):
-    from detzoo.onnxcanon import walk_nodes
+    from detzoo.onnxgraph import walk_nodes
 
     return walk_nodes(g)
 
@@ -295,7 +295,7 @@ def fix_input_size(model, h: int, w: int):
 
     out = onnx.ModelProto.FromString(model.SerializeToString())
     vi = out.graph.input[0]
-    dims = _dims(vi)
+    dims = value_dims(vi)
     if len(dims) != 4:
         raise DetzooError(f"input {vi.name} has rank {len(dims)}; expected [batch, height, width, 3]")
     for axis, want in ((1, h), (2, w)):

@@ -15,6 +15,8 @@ import re
 
 import onnx
 
+from detzoo.onnxgraph import attribute_graphs
+
 _GENERATED = re.compile(r"(__\d+)+")
 _COPY_PREFIX = re.compile(r"^(copy__\d+/)+")
 
@@ -45,19 +47,6 @@ class _Namer:
         return name
 
 
-def _subgraphs(a):
-    return [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-
-
-def walk_nodes(graph):
-    """Every node of ``graph`` and of its subgraphs (Loop/If/Scan bodies), depth first."""
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            for sub in _subgraphs(a):
-                yield from walk_nodes(sub)
-
-
 def _type_key(t) -> bytes:
     """A type without its symbolic dimension names (tf2onnx numbers them with a global counter)."""
     anon = onnx.TypeProto()
@@ -85,7 +74,7 @@ def _hash_graph(g, outer: dict, is_sub: bool = False) -> tuple[dict, list]:
     for n in g.node:
         attr_keys = []
         for a in sorted(n.attribute, key=lambda a: a.name):
-            subs = _subgraphs(a)
+            subs = attribute_graphs(a)
             if subs:
                 inner_keys = []
                 for sub in subs:
@@ -132,7 +121,7 @@ def _sort_nodes_idx(g, node_keys: list) -> list[int]:
 def _all_inputs(n):
     names = list(n.input)
     for a in n.attribute:
-        for sub in _subgraphs(a):
+        for sub in attribute_graphs(a):
             for sn in sub.node:
                 names += _all_inputs(sn)
     return names
@@ -142,7 +131,7 @@ def _rename_inputs(g, alias: dict) -> None:
     for n in g.node:
         n.input[:] = [alias.get(x, x) for x in n.input]
         for a in n.attribute:
-            for sub in _subgraphs(a):
+            for sub in attribute_graphs(a):
                 _rename_inputs(sub, alias)
 
 
@@ -154,7 +143,7 @@ def _merge_duplicates(g, node_keys: list) -> list:
     outputs = {v.name for v in g.output}
     seen, alias, drop = {}, {}, set()
     for i, n in enumerate(g.node):
-        if (any(_subgraphs(a) for a in n.attribute) or n.op_type.startswith(("Random", "Multinomial", "Bernoulli"))
+        if (any(attribute_graphs(a) for a in n.attribute) or n.op_type.startswith(("Random", "Multinomial", "Bernoulli"))
                 or any(o in outputs for o in n.output)):
             continue
         j = seen.setdefault(node_keys[i], i)
@@ -229,7 +218,7 @@ def _canon_graph(g, outer_hash: dict, namer: _Namer, rename: dict, owner: str | 
             if not getattr(n, f):
                 n.ClearField(f)
         for a in n.attribute:
-            for sub in _subgraphs(a):
+            for sub in attribute_graphs(a):
                 sub.name = f"{name}/{a.name}"
                 sub.doc_string = ""  # tf2onnx writes per-run text here
                 _canon_graph(sub, h, namer, local, owner=name)
@@ -272,5 +261,5 @@ def _rename_dim_params(g, names: dict) -> None:
                         d.dim_param = names.setdefault(d.dim_param, f"unk__{len(names)}")
     for n in g.node:
         for a in n.attribute:
-            for sub in _subgraphs(a):
+            for sub in attribute_graphs(a):
                 _rename_dim_params(sub, names)

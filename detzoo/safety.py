@@ -93,7 +93,7 @@ def scan_tflite(path: Path, ops_details: list[dict]) -> None:
 def scan_onnx(model, what: str = "ONNX model") -> None:
     found: dict[str, set[str]] = {}
 
-    from detzoo.onnxcanon import walk_nodes
+    from detzoo.onnxgraph import walk_nodes
 
     for n in walk_nodes(model.graph):
         if n.domain not in TRUSTED_ONNX_DOMAINS:

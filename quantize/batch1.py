@@ -246,6 +246,8 @@ def _inline(graph, loop, taken: set[str]) -> list:
     """Nodes that compute one iteration of ``loop`` and produce its outputs under their names."""
     from onnx import helper, numpy_helper
 
+    from detzoo.onnxgraph import GRAPH
+
     body = next(a.g for a in loop.attribute if a.name == "body")
     tag = loop.name or "loop"
     mapping: dict[str, str] = {}
@@ -275,7 +277,7 @@ def _inline(graph, loop, taken: set[str]) -> list:
         c.input[:] = [mapping.get(i, i) for i in n.input]
         c.output[:] = [mapping.get(o, o) for o in n.output]
         for a in c.attribute:
-            if a.type == 5:  # GRAPH: a nested subgraph refers to the body's names from outer scope
+            if a.type == GRAPH:  # a nested subgraph refers to the body's names from outer scope
                 _rename_graph_inputs(a.g, mapping)
         new_nodes.append(c)
     n_carried = len(loop.input) - 2

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detzoo.onnxgraph import consumers as consumer_map, subgraphs
+
 
 @dataclass
 class CleReport:
@@ -75,9 +77,8 @@ def _uses(graph) -> Counter:
     uses = Counter(o.name for o in graph.output)
     for n in graph.node:
         uses.update(i for i in n.input if i)
-        for a in n.attribute:
-            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                uses.update(_uses(sub))  # outer names a subgraph reads count as uses
+        for sub in subgraphs(n):
+            uses.update(_uses(sub))  # outer names a subgraph reads count as uses
     return uses
 
 
@@ -107,10 +108,7 @@ def _scan(model) -> tuple[list, Counter]:
     inits = {i.name: i for i in g.initializer}
     graph_inputs = {i.name for i in g.input}
     uses = _uses(g)
-    consumers = defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            consumers[i].append(n)
+    consumers = defaultdict(list, consumer_map(g))
     found, skipped = [], Counter()
 
     def sole(name):  # the one node reading ``name``, when nothing else (graph output, subgraph) does

@@ -312,7 +312,7 @@ def quantize(cfg: QuantizeConfig, progress=None) -> QuantizeResult:
                 plan.exclude(node, why)
             int8_source, cle_json = prepared, None
             if cfg.cle:
-                int8_source, cle_json = _equalize(prepared, model, calib, qio, work, say)
+                int8_source, cle_json = equalize_prepared(prepared, model, calib, qio, work, say)
             cache = work / "calibration.json"
             say(f"int8: calibrating on {len(calib.files)} images ({cfg.calib_method.value})")
             calibrate(int8_source, calib, qio, cfg.calib_method, int8_op_types(plan), settings8.calibrator_options(),
@@ -450,7 +450,7 @@ def batch_check(batch1: Path, wrapped, io, images: list, allow_unsafe_ops: bool 
             "max_score_diff": a.max_score_diff, "max_box_diff": a.max_box_diff}
 
 
-def _equalize(prepared: Path, model, calib, io, work: Path, say) -> tuple[Path, dict]:
+def equalize_prepared(prepared: Path, model, calib, io, work: Path, say) -> tuple[Path, dict]:
     """Cross-layer equalization of the prepared model (a copy), Relu6 bounds measured on the calibration images."""
     import onnx
 

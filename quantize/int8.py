@@ -165,9 +165,11 @@ def guard_float_nodes(model, float_nodes: set[str]) -> list[str]:
     import onnx
     from onnx import helper, numpy_helper
 
+    from detzoo.onnxgraph import initializers, producers
+
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    inits = {i.name: i for i in g.initializer}
+    producer = producers(g)
+    inits = initializers(g)
     shapes = {vi.name: vi.type.tensor_type.shape for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
     new_nodes, guarded = {}, []
     for n in g.node:
@@ -217,14 +219,12 @@ def stem_exclusions(model, plan: PrecisionPlan) -> dict[str, str]:
     Measured on the real SSDLite: keeping the 3-channel stem convolution float made the int8 model
     ~8% faster (its QLinearConv was the slowest node) at equal fidelity.
     """
-    inits = {i.name: i for i in model.graph.initializer}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
+    from detzoo.onnxgraph import consumers as consumer_map, initializers, producers
     from detzoo.quantize.plan import Region
 
-    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = initializers(model.graph)
+    consumers = consumer_map(model.graph)
+    producer = producers(model.graph)
     image_side = {i.name for i in model.graph.input} | {
         o for n in model.graph.node if plan.regions.get(n.name) == Region.PREPROCESSING for o in n.output}
     reduced = set(plan.reduced())

@@ -131,14 +131,16 @@ def weight_layers(model, subgraphs: bool = False, uint8: bool = False) -> list[W
     """Every compute node of ``model`` (a QDQ graph) whose weight comes from an int8 DequantizeLinear
     (and a uint8 one with ``uint8``); with ``subgraphs`` also those inside Loop/If bodies, as in the
     installed artifacts, whose batch Loop holds the network."""
-    from onnx import AttributeProto, TensorProto, numpy_helper
+    from onnx import TensorProto, numpy_helper
+
+    from detzoo.onnxgraph import initializers, producers, subgraphs
 
     types = (TensorProto.INT8, TensorProto.UINT8) if uint8 else (TensorProto.INT8,)
     out = []
 
     def visit(g, outer):
-        inits = {**outer, **{i.name: i for i in g.initializer}}
-        producer = {o: n for n in g.node for o in n.output}
+        inits = {**outer, **initializers(g)}
+        producer = producers(g)
         for n in g.node:
             if n.op_type not in GEMM_OPS or len(n.input) < 2:
                 continue
@@ -162,9 +164,8 @@ def weight_layers(model, subgraphs: bool = False, uint8: bool = False) -> list[W
             out.append(layer)
         if subgraphs:
             for n in g.node:
-                for a in n.attribute:
-                    for sub in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
-                        visit(sub, inits)
+                for sub in subgraphs(n):
+                    visit(sub, inits)
 
     visit(model.graph, {})
     return out

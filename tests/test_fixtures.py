@@ -377,7 +377,7 @@ def test_unsafe_onnx_custom_domain(nested, tmp_path):
     model = onnx.load(str(fx_unsafe.make_custom_domain_onnx(tmp_path, nested=nested)))
     onnx.checker.check_model(model)
 
-    from detzoo.onnxcanon import walk_nodes
+    from detzoo.onnxgraph import walk_nodes
 
     top = {(n.domain, n.op_type) for n in model.graph.node}
     assert (("com.evil", "RunShell") in top) != nested

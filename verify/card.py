@@ -23,14 +23,14 @@ def _artifact_input(m: Manifest, folder) -> str:
     """The true input shape of the entry's artifacts, from the files themselves."""
     import onnx
 
-    from detzoo.contract import _dims
+    from detzoo.contract import value_dims
 
     shapes = {}
     for v in m.variants.values():
         if v.format != "onnx":
             continue
         try:
-            dims = _dims(onnx.load(str(Path(folder) / v.file), load_external_data=False).graph.input[0])
+            dims = value_dims(onnx.load(str(Path(folder) / v.file), load_external_data=False).graph.input[0])
         except Exception:  # noqa: BLE001 - a card is still written without it
             continue
         shapes.setdefault(_shape(dims), []).append(v.name)

@@ -88,7 +88,7 @@ class VerifyResult:
         return not self.failed
 
 
-def _select_variants(m: Manifest, wanted) -> list[str]:
+def select_variants(m: Manifest, wanted) -> list[str]:
     if not m.variants:
         raise DetzooError("the manifest lists no artifacts to verify; run 'detzoo convert' first")
     names = wanted or list(m.variants)
@@ -132,7 +132,7 @@ def model_runner(manifest: Manifest, name: str, path, src, threads: int, allow_u
     return cls(path, manifest.variant_io(name), threads, label=name, allow_unsafe_ops=allow_unsafe_ops)
 
 
-def _records(cfg: VerifyConfig):
+def verify_records(cfg: VerifyConfig):
     """(mode, ground truth or None, image records, images dir)."""
     if cfg.annotations is not None:
         from detzoo.coco import coco_records, load_instances
@@ -147,7 +147,7 @@ def _records(cfg: VerifyConfig):
     return "reference", None, folder_records(images, cfg.limit), images
 
 
-class _Progress:
+class Progress:
     """Rich progress bars on a console, or nothing."""
 
     def __init__(self, console):
@@ -180,12 +180,12 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
     t_start = time.perf_counter()
     folder = cfg.folder
     manifest = Manifest.load(folder)
-    names = _select_variants(manifest, cfg.variants)
+    names = select_variants(manifest, cfg.variants)
     artifacts = {n: manifest.checked_artifact(folder, n) for n in names}  # refuses a changed artifact
     check_feed(manifest, names, cfg.feed_size)
-    mode, gt, records, images_dir = _records(cfg)
+    mode, gt, records, images_dir = verify_records(cfg)
     data_notes = list(getattr(gt, "warnings", ()))  # what loading the annotations found unusual but kept
-    progress = _Progress(console)
+    progress = Progress(console)
     seconds = {}
 
     with open_source(manifest.source["path"], expected_sha256=manifest.source.get("sha256")) as src, \

@@ -96,7 +96,7 @@ def verify_ray(cfg, opts: RayOptions | None = None, console=None):
     from detzoo.detections import Detections
     from detzoo.manifest import Manifest
     from detzoo.verify.cache import DetectionCache, image_sha256
-    from detzoo.verify.core import _Progress, _records, _select_variants, cache_io, check_feed, verify
+    from detzoo.verify.core import Progress, verify_records, select_variants, cache_io, check_feed, verify
     from detzoo.verify.shard import Shard
 
     opts = opts or RayOptions()
@@ -104,11 +104,11 @@ def verify_ray(cfg, opts: RayOptions | None = None, console=None):
         raise DetzooError("--ray collects the tasks' results in the detection cache; it cannot run with the cache off")
     folder = Path(cfg.folder).resolve()
     manifest = Manifest.load(folder)
-    names = _select_variants(manifest, cfg.variants)
+    names = select_variants(manifest, cfg.variants)
     for n in names:
         manifest.checked_artifact(folder, n)
     check_feed(manifest, names, cfg.feed_size)
-    _, _, records, _ = _records(cfg)
+    _, _, records, _ = verify_records(cfg)
     shas = {"source": manifest.source["sha256"], **{n: manifest.variants[n].sha256 for n in names}}
     caches = {name: DetectionCache(folder, sha, cache_io(manifest, name, cfg.feed_size)) for name, sha in shas.items()}
     image_shas = {}
@@ -139,7 +139,7 @@ def verify_ray(cfg, opts: RayOptions | None = None, console=None):
                     paths = [(r.image_id, str(Path(r.path).resolve())) for r in part]
                     ref = task.remote(str(folder), name, cfg.threads, paths, cfg.allow_unsafe_ops, cfg.feed_size)
                     jobs[ref] = (name, k, len(part))
-            with _Progress(console).task(f"ray: {len(jobs)} tasks ({len(todo)} models)", len(jobs)) as advance:
+            with Progress(console).task(f"ray: {len(jobs)} tasks ({len(todo)} models)", len(jobs)) as advance:
                 pending = list(jobs)
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1)

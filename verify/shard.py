@@ -94,16 +94,16 @@ def verify_shard(cfg, shard: Shard, console=None) -> ShardResult:
     """Run every model of ``cfg`` on ``shard``'s images into the detection cache; write its record last."""
     from detzoo.source import open_source
     from detzoo.verify.accuracy import collect_detections
-    from detzoo.verify.core import _Progress, _records, _select_variants, open_models
+    from detzoo.verify.core import Progress, verify_records, select_variants, open_models
 
     if not cfg.use_cache:
         raise DetzooError("a shard's output is its detection cache; it cannot run with the cache off")
     t0 = time.perf_counter()
     folder = cfg.folder
     manifest = Manifest.load(folder)
-    names = _select_variants(manifest, cfg.variants)
+    names = select_variants(manifest, cfg.variants)
     artifacts = {n: manifest.checked_artifact(folder, n) for n in names}
-    _, _, records, images_dir = _records(cfg)
+    _, _, records, images_dir = verify_records(cfg)
     mine = shard.select(records)
     record_path = folder / SHARDS_DIR / f"{shard.tag}.json"
     record_path.unlink(missing_ok=True)  # until this run completes, this shard is not done
@@ -112,7 +112,7 @@ def verify_shard(cfg, shard: Shard, console=None) -> ShardResult:
         with open_source(manifest.source["path"], expected_sha256=manifest.source.get("sha256")) as src, \
                 contextlib.ExitStack() as stack:
             models = open_models(cfg, manifest, names, artifacts, src, stack, cache_tag=shard.tag)
-            with _Progress(console).task(f"shard {shard} ({len(mine)} images x {len(models)} models)",
+            with Progress(console).task(f"shard {shard} ({len(mine)} images x {len(models)} models)",
                                          len(mine)) as advance:
                 collected = collect_detections(models, mine, advance, feed_size=cfg.feed_size)
         evaluated, skipped, inferences = len(collected.sizes), collected.skipped, collected.inferences
@@ -179,7 +179,7 @@ def merge(folder, *, images=None, annotations=None, max_drop: float = 1.0, boots
     arguments are the evaluation options. ``threads`` (default: the shards') is recorded and used
     for latency, which is measured here only if ``latency_runs`` > 0 (the shards' machines may differ).
     """
-    from detzoo.verify.core import VerifyConfig, _records, _select_variants, verify
+    from detzoo.verify.core import VerifyConfig, verify_records, select_variants, verify
 
     folder = Path(folder)
     recs = shard_group(folder)
@@ -193,8 +193,8 @@ def merge(folder, *, images=None, annotations=None, max_drop: float = 1.0, boots
                        reference_threshold=reference_threshold, cache_only=True, allow_unsafe_ops=allow_unsafe_ops,
                        feed_size=fp.get("feed_size"))
     manifest = Manifest.load(folder)
-    names = _select_variants(manifest, cfg.variants)
-    _, _, records, images_dir = _records(cfg)
+    names = select_variants(manifest, cfg.variants)
+    _, _, records, images_dir = verify_records(cfg)
     now_fp = fingerprint(cfg, manifest, names, records, images_dir)
     changed = sorted(k for k in fp if k not in PATHS and now_fp.get(k) != fp[k])
     if changed:

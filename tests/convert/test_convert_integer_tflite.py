@@ -35,7 +35,7 @@ def converted(ssd_tflite, tmp_path_factory):
 def _onnx_nodes(path):
     import onnx
 
-    from detzoo.onnxcanon import walk_nodes
+    from detzoo.onnxgraph import walk_nodes
 
     m = onnx.load(str(path))
     return m, list(walk_nodes(m.graph))

@@ -7,7 +7,7 @@ import pytest
 from detzoo.convert import ConvertConfig, convert
 from detzoo.images import decode_image, list_images
 from detzoo.manifest import Manifest
-from detzoo.onnxcanon import walk_nodes
+from detzoo.onnxgraph import walk_nodes
 from detzoo.runners import OrtRunner, source_runner
 from detzoo.source import open_source
 

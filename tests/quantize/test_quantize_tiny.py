@@ -9,7 +9,7 @@ import onnx
 from detzoo.fsutil import sha256_file
 from detzoo.images import decode_image, list_images
 from detzoo.manifest import Manifest
-from detzoo.onnxcanon import walk_nodes
+from detzoo.onnxgraph import walk_nodes
 from detzoo.quantize import QuantizeConfig, quantize
 from detzoo.runners import OrtRunner
 
