@@ -30,8 +30,10 @@ def _fail(e: DetzooError) -> None:
 
 
 def _summary(folder: Path) -> str:
-    """The head of REPORT.md: mode, gate and the summary table."""
-    return (folder / "REPORT.md").read_text().split("\n## ")[0].rstrip()
+    """Mode, gate and the summary table, rendered from report.json (not read back from REPORT.md)."""
+    from detzoo.verify.report import load_report, render_summary
+
+    return "\n".join(render_summary(load_report(folder))).rstrip()
 
 
 @contextlib.contextmanager
@@ -40,7 +42,7 @@ def _user_errors(folder: Optional[Path] = None, quiet: bool = False):
     try:
         yield
     except CheckFailed as e:
-        if folder is not None and not quiet and (folder / "REPORT.md").is_file():
+        if folder is not None and not quiet and (folder / "report.json").is_file():
             typer.echo(_summary(folder))
         _fail(e)
     except DetzooError as e:

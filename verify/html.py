@@ -177,18 +177,16 @@ def _examples(folder: Path, report: dict, records, cache_ios: dict, count: int) 
     return out
 
 
-def _table(lines: list[str]) -> str:
-    """A Markdown table (as REPORT.md writes it) as HTML."""
-    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines if not set(ln) <= set("|-: ")]
-    head, body = rows[0], rows[1:]
-    th = "".join(f"<th>{html.escape(c)}</th>" for c in head)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+def _table(head: list, rows: list) -> str:
+    """A table's header and rows (the same ones REPORT.md prints) as HTML."""
+    th = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{th}</tr>{trs}</table>"
 
 
 def render_html(folder: Path, report: dict, records, cache_ios: dict, examples: int = 3) -> str:
     """``cache_ios``: each model's cache key (``verify.core.cache_io``), where its detections are read."""
-    from detzoo.verify.report import coco_table, summary_table
+    from detzoo.verify.report import coco_rows, summary_rows
 
     gate = report["gate"]
     verdict = ('<span class="pass">passed</span>' if gate["passed"]
@@ -200,7 +198,7 @@ def render_html(folder: Path, report: dict, records, cache_ios: dict, examples: 
              f"<h1>{html.escape(report['name'])}</h1>",
              f"<p>{html.escape(mode)}; {report['data']['evaluated']} images; gate {verdict} "
              f"(max drop {gate['max_drop_points']:g} points of {html.escape(gate['metric'])}).</p>",
-             "<h2>Summary</h2>", _table(summary_table(report))]
+             "<h2>Summary</h2>", _table(*summary_rows(report))]
     for title, src in _plots(report):
         parts.append(f"<figure><h2>{html.escape(title)}</h2>{_img_tag(src, title)}</figure>")
     ex = _examples(folder, report, records, cache_ios, examples)
@@ -209,6 +207,6 @@ def render_html(folder: Path, report: dict, records, cache_ios: dict, examples: 
         parts.extend(ex)
     for name, m in report["models"].items():
         parts.append(f"<h2>{html.escape(name)}: {html.escape(m['framework'])}, {html.escape(m['precision'])}</h2>")
-        parts.append(_table(coco_table(m["coco"]["stats"])))
+        parts.append(_table(*coco_rows(m["coco"]["stats"])))
     parts.append("</body></html>")
     return "\n".join(parts)

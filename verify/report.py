@@ -47,32 +47,44 @@ def _latency_cell(m: dict) -> str:
     return f"{lat['p50_ms']:.1f} / {lat['p90_ms']:.1f}" if lat else "n/a"
 
 
+def markdown_table(head: list, rows: list) -> list[str]:
+    return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def coco_rows(stats: dict) -> tuple[list, list]:
+    """(header, rows) of the 12 stats in the zoo's table format."""
+    rows = [["Average Precision (AP)" if kind == "AP" else "Average Recall (AR)", iou, area, max_dets,
+             f"{stats[name]:.3f}"] for name, kind, iou, area, max_dets in STAT_ROWS]
+    return ["Metric", "IoU", "Area", "maxDets", "Value"], rows
+
+
 def coco_table(stats: dict) -> list[str]:
-    """The 12 stats in the zoo's table format."""
-    lines = ["| Metric | IoU | Area | maxDets | Value |", "|---|---|---|---|---|"]
-    for name, kind, iou, area, max_dets in STAT_ROWS:
-        title = "Average Precision (AP)" if kind == "AP" else "Average Recall (AR)"
-        lines.append(f"| {title} | {iou} | {area} | {max_dets} | {stats[name]:.3f} |")
-    return lines
+    return markdown_table(*coco_rows(stats))
 
 
-def summary_table(r: dict) -> list[str]:
-    """The one-row-per-model table, shared by REPORT.md, report.html and the model card."""
+def summary_rows(r: dict) -> tuple[list, list]:
+    """(header, rows): one row per model, shared by REPORT.md, report.html and the model card."""
     metric = "fidelity AP" if r["mode"] == "reference" else "mAP"
-    out = [f"| variant | framework | precision | {metric} | drop, points [95% CI] | AP50 | fidelity / agreement "
-            "| p50 / p90 ms | speed-up | size MB |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    head = ["variant", "framework", "precision", metric, "drop, points [95% CI]", "AP50", "fidelity / agreement",
+            "p50 / p90 ms", "speed-up", "size MB"]
+    rows = []
     for name, m in r["models"].items():
         s = m["coco"]["stats"]
         su = m.get("speedup")
-        out.append(f"| {name} | {m['framework']} | {m['precision']} | {_f(s['AP'])} | "
-                   f"{'-' if name == 'source' else _drop_cell(m)} | {_f(s['AP50'])} | "
-                   f"{'-' if name == 'source' else _agree_cell(m)} | {_latency_cell(m)} | "
-                   f"{'n/a' if su is None else f'{su:.2f}x'} | {m['size'] / 1e6:.2f} |")
-    return out
+        rows.append([name, m["framework"], m["precision"], _f(s["AP"]), "-" if name == "source" else _drop_cell(m),
+                     _f(s["AP50"]), "-" if name == "source" else _agree_cell(m), _latency_cell(m),
+                     "n/a" if su is None else f"{su:.2f}x", f"{m['size'] / 1e6:.2f}"])
+    return head, rows
 
 
-def render_markdown(r: dict) -> str:
+def summary_table(r: dict) -> list[str]:
+    return markdown_table(*summary_rows(r))
+
+
+def render_summary(r: dict) -> list[str]:
+    """REPORT.md's head (title, mode, gate, the summary table and its notes): what the CLI prints
+    when a check fails, rendered from the report itself."""
     ref = r["mode"] == "reference"
     data = r["data"]
     metric = "fidelity AP" if ref else "mAP"
@@ -116,8 +128,12 @@ def render_markdown(r: dict) -> str:
     if r["data"].get("feed"):
         notes.append(f"Feeding: {r['data']['feed']}.")
     notes += [f"Note: {n}." for n in r.get("notes", [])]
-    out += notes + [""]
+    return out + notes + [""]
 
+
+def render_markdown(r: dict) -> str:
+    data = r["data"]
+    out = render_summary(r)
     for name, m in r["models"].items():
         out += [f"## {name}: {m['framework']}, {m['precision']} (`{m['file']}`, sha256 {m['sha256'][:16]}...)", ""]
         out += coco_table(m["coco"]["stats"]) + [""]

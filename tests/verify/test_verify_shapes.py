@@ -206,6 +206,13 @@ def test_gate_exit_codes_through_cli(shapes_entry, shapes, shifted_annotations):
             "--latency-runs", "0", "--quiet"]
     bad = run_cli(*args)
     assert bad.exit_code == 1 and "shifted" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    loud = run_cli(*[a for a in args if a != "--quiet"])  # prints REPORT.md's head, rendered from report.json
+    head = (shapes_entry / "REPORT.md").read_text().split("\n## ")[0].rstrip()
+    assert loud.exit_code == 1 and "Gate: FAILED (shifted)" in head and head in loud.stdout
+    from detzoo.cli import _summary
+
+    (shapes_entry / "REPORT.md").unlink()
+    assert _summary(shapes_entry) == head
     assert run_cli(*args, "--max-drop", "100").exit_code == 0
     assert run_cli(*args, "--variants", "fp32").exit_code == 0
 
