@@ -151,7 +151,7 @@ def measure(models: dict, m, rounds: int, photos: Path | None, say) -> dict:
 
 def _measure_unfused(probe, model: Path) -> float:
     """Fidelity on ``probe``'s images with every Q/DQ pair run as float ops (no int8 kernel, no saturation)."""
-    from detzoo.coco import fidelity
+    from detzoo.coco.reference import fidelity
     from detzoo.images import decode_image
     from detzoo.runners import OrtRunner
 

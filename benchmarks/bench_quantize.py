@@ -120,7 +120,7 @@ def _build_models(root: Path, say) -> tuple[dict, object, dict]:
 
 
 def measure(models: dict, m, threads_list: list[int], rounds: int, say) -> dict:
-    from detzoo.coco import fidelity
+    from detzoo.coco.reference import fidelity
     from detzoo.defaults import default_model_path
     from detzoo.detections import Detections
     from detzoo.images import decode_image, demo_dir, list_images

@@ -44,7 +44,7 @@ def _variant(kind: str):
 
 
 def measure(source: Path, out: Path, images: Path, limit: int | None, kind: str) -> dict:
-    from detzoo.coco import fidelity
+    from detzoo.coco.reference import fidelity
     from detzoo.convert import ConvertConfig, convert
     from detzoo.convert.parity import ParityTolerance, check_parity
     from detzoo.convert.tflite_postprocess import output_steps

@@ -1,4 +1,7 @@
-"""TF -> ONNX conversion, IO auto-detection and the parity check."""
+"""TF -> ONNX conversion, IO auto-detection and the parity check.
+
+Owns: re-exporting the stage's public API. Does not touch: anything; code lives in the modules.
+"""
 
 from detzoo.convert.core import ConvertConfig, ConvertResult, convert
 from detzoo.convert.parity import ParityTolerance

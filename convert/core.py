@@ -1,4 +1,9 @@
-"""``detzoo convert``: a TF detection model to an fp32 ONNX artifact that keeps the zoo contract."""
+"""``detzoo convert``: a TF detection model to an fp32 ONNX artifact that keeps the zoo contract.
+
+Owns: the convert stage: tf2onnx, the contract wrapper applied, canonical order, fixed-size
+variants, the parity check run, and the entry (artifacts + manifest) committed. Does not touch:
+quantized variants' making (detzoo.quantize), accuracy (detzoo.verify).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``detzoo inspect``: what detzoo sees in a model before it converts anything."""
+"""``detzoo inspect``: what detzoo sees in a model before it converts anything.
+
+Owns: the report of a model's format, IO, ops, control flow and NMS, and of an ONNX file. Does
+not touch: files (writes nothing), conversion.
+"""
 
 from __future__ import annotations
 

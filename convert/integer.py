@@ -18,6 +18,9 @@ kernels compute them.
 Only graphs where this is a pure relabelling are changed: every int8 tensor must be made by a
 QuantizeLinear or be an initializer, and be read only by DequantizeLinear or by ops that move
 values without computing (``SHIFT_FREE``). Anything else leaves the model as tf2onnx made it.
+
+Owns: that relabelling and its report. Does not touch: files, float tensors, any other graph
+rewrite (tf2onnx, the contract wrapper).
 """
 
 from __future__ import annotations

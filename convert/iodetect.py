@@ -4,6 +4,9 @@ Known families are detected automatically: TF1 OD API graphs (``image_tensor`` a
 ``detection_*``/``num_detections`` nodes), TF2 zoo SavedModels (``input_tensor`` and a dict of the
 four outputs) and TFLite models ending in ``TFLite_Detection_PostProcess``. ``--input`` and
 ``--output`` override.
+
+Owns: the IO spec of a loaded source (names, shapes, preprocessing, class offset). Does not
+touch: loading (convert/loading.py), conversion, files.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Load a source model for inspection and conversion, scanning it for unsafe ops first."""
+"""Load a source model for inspection and conversion, scanning it for unsafe ops first.
+
+Owns: scan-then-load for every source format. Does not touch: IO detection, conversion, the scans'
+rules (detzoo.safety).
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,9 @@ Raw output tensors are the wrong thing to compare for detectors: a tiny score ch
 detections and flips which ones survive a threshold. Instead both models run on real images,
 detections are matched by class and IoU, and the largest score and box differences among matched
 detections are checked, along with any detection that has no counterpart.
+
+Owns: parity tolerances, running both models on the images and the report. Does not touch:
+files (the caller records the report), model loading (runners arrive built).
 """
 
 from __future__ import annotations

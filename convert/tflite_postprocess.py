@@ -23,6 +23,9 @@ classes; fast NMS with ``max_classes_per_detection`` > 1), equal scores come out
 heap order, here in stable order. Same detections and scores, in another order among exact ties
 (and at a ``max_detections`` cut that falls inside a tie, another of the tied detections).
 Unwritten output rows (fast NMS) are garbage in TFLite and zeros here.
+
+Owns: reading the op's attributes and output quantization from the TFLite flatbuffer, and its ONNX
+expansion. Does not touch: files, the rest of the graph (tf2onnx converts it).
 """
 
 from __future__ import annotations

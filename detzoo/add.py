@@ -5,6 +5,10 @@ A model from elsewhere is untrusted and of unknown shape, so before anything is 
 scanned for unsafe ops, its IO is checked against the detection contract, and it is run once on a
 demo frame. Only then are the copied file and the manifest committed together: a refused model
 leaves the entry byte for byte as it was.
+
+Owns: checking an outside model and committing it, with the manifest, as one variant of an
+existing entry. Does not touch: the other variants' files, conversion, quantization or any
+measurement (``detzoo verify`` measures the new variant).
 """
 
 from __future__ import annotations

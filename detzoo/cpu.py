@@ -2,6 +2,10 @@
 
 Latency and int8 behaviour are properties of a CPU class, not of a model: results carry the class
 they were measured on, and nothing is compared across classes.
+
+Owns: the CPU class (detected from /proc/cpuinfo, or ``DETZOO_CPU_CLASS``), the machine facts
+recorded with results and the line on int8 vs fp32 speed. Does not touch: timing (callers
+measure), files, models.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The embedded default: the real pedestrian SSDLite graph and the demo frames."""
+"""The embedded default model: the real pedestrian SSDLite graph, from its installed package.
+
+Owns: locating that graph and its label map. Does not touch: loading or converting it
+(detzoo.source, detzoo.convert), the demo frames (detzoo.images.demo_dir).
+"""
 
 from __future__ import annotations
 

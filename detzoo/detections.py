@@ -3,6 +3,9 @@
 Runners convert their raw outputs here exactly once (box order, normalized vs pixel coordinates,
 0- vs 1-based class ids); COCO code never sees a raw model output. This prevents the class of bug
 the MLPerf reference shows, where per-framework post-processing disagrees.
+
+Owns: ``Detections``, IoU, matching two models' detections and their agreement. Does not touch:
+raw model outputs (``detzoo.runners`` converts them), COCO evaluation (``detzoo.coco``), files.
 """
 
 from __future__ import annotations

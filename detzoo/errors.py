@@ -2,6 +2,9 @@
 
 Library code raises these; only ``detzoo.cli`` turns them into an exit status and a one-line
 message (no traceback), in the spirit of Polygraphy's single user-error type.
+
+Owns: the error types, their exit codes and one-line messages. Does not touch: printing or
+exiting (``detzoo.cli``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Every artifact is written to a temporary name inside its destination folder and renamed into
 place, so a killed process leaves either the old file or the new one, never half of one.
+
+Owns: atomic writes, staged files committed together through a journal (rolled forward after a
+crash), stale temporaries, sha256 of files and trees. Does not touch: what the files mean
+(``detzoo.manifest`` decides what is written).
 """
 
 from __future__ import annotations

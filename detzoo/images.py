@@ -2,6 +2,10 @@
 
 One code path turns a file into the RGB uint8 array the model is fed, so int8 calibration sees
 exactly what evaluation sees.
+
+Owns: decoding an image file to RGB uint8, listing image folders, image records and the demo
+frames shipped in detzoo/data. Does not touch: resizing for a model (``detzoo.runners``),
+annotations (``detzoo.coco.instances``).
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 It records the source (path, format, sha256), the IO spec, every artifact (file, sha256, opset,
 settings, tool versions, calibration ids) and the results. Stages read it, add to it and save it
 last, atomically; nothing else re-declares what it holds.
+
+Owns: manifest.json's schema, loading, saving (with the artifacts it records, in one commit) and
+the tool versions recorded. Does not touch: the artifacts' contents, measurement.
 """
 
 from __future__ import annotations

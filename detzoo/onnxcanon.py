@@ -5,6 +5,9 @@ and generated names (``Less__96`` vs ``Less_1__98``) change from run to run alth
 computation is the same. Here every value gets a structural hash (op, attributes, hashes of its
 inputs; initializers by content), nodes are topologically sorted with ties broken by that hash,
 and generated names are reassigned in that order from their readable stem.
+
+Owns: node order and generated names. Does not touch: the computation (same ops, attributes and
+initializers), files.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 Every runner is fed the same preprocessed batch (``preprocess``), runs with the same intra-op
 thread count (like the zoo's AIO_NUM_THREADS) and one inter-op thread, returns the raw outputs in
 the contract order, and converts them to ``Detections`` once, here.
+
+Owns: loading a model for inference, ``preprocess``, thread settings, per-call inference time and
+the conversion to ``Detections``. Does not touch: files other than the model read, the safety
+scans' rules (``detzoo.safety``), metrics.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Models from the internet are code: a TF graph can read or write files, list folders, call back
 into Python or load custom kernels from shared libraries. convert, inspect and verify scan first
 and refuse such models unless the user passes ``--allow-unsafe-ops``.
+
+Owns: the lists of unsafe ops and trusted domains, and the scans. Does not touch: loading a model
+(callers hand over what they loaded), running one.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
-"""Model sources: find the model in what the user gave, hash it, and detect its IO contract.
+"""Model sources: find the model in what the user gave, hash it, load it, and the IO spec types.
 
 Accepted: a TF1 Object Detection API frozen graph (the ``.pb``, its export folder or the zoo
 ``.tar.gz``), a TF2 SavedModel (its folder or an export folder holding ``saved_model/``), or a
 ``.tflite`` model. TensorFlow is imported inside functions so the CLI starts instantly.
+
+Owns: ``ModelFormat``, ``TensorSpec``/``IOSpec``, opening and hashing a source (tarballs
+extracted safely), loading TF graphs and TFLite interpreters. Does not touch: IO detection
+(convert/iodetect.py), safety scans (detzoo.safety), conversion.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 
 from detzoo.coco import evaluate, evaluator, first_image_ids
 from tests.fixtures.dataset import make_shapes_dataset
-from tests.test_coco import _oracle
+from tests.cocohelp import oracle_results
 
 pytest.importorskip("faster_coco_eval")
 
@@ -23,16 +23,16 @@ def gt(tmp_path_factory):
 def _cases(gt):
     crowd = copy.deepcopy(gt)
     crowd["annotations"][0]["iscrowd"] = 1
-    extra = _oracle(crowd, 4.0, 3)
+    extra = oracle_results(crowd, 4.0, 3)
     extra += [{**r, "bbox": [r["bbox"][0] + 9, *r["bbox"][1:]], "score": r["score"] / 2} for r in extra[::2]]
     ties = [{**r, "score": round(r["score"], 1)} for r in extra]
     return {
-        "oracle": (gt, _oracle(gt), None),
+        "oracle": (gt, oracle_results(gt), None),
         "empty": (gt, [], None),
-        "shift3": (gt, _oracle(gt, 3.0), None),
-        "shift1.5-drop4": (gt, _oracle(gt, 1.5, 4), None),
-        "shift6-drop3": (gt, _oracle(gt, 6.0, 3), None),
-        "subset": (gt, _oracle(gt, 2.0, 5), first_image_ids(gt, 10)),
+        "shift3": (gt, oracle_results(gt, 3.0), None),
+        "shift1.5-drop4": (gt, oracle_results(gt, 1.5, 4), None),
+        "shift6-drop3": (gt, oracle_results(gt, 6.0, 3), None),
+        "subset": (gt, oracle_results(gt, 2.0, 5), first_image_ids(gt, 10)),
         "crowd-duplicates": (crowd, extra, None),
         "crowd-ties": (crowd, ties, None),
     }
@@ -43,7 +43,7 @@ def _same(gt, results, ids):
     ref = evaluate(gt, results, ids, keep_per_image=True)
     assert fast.evaluator == "faster-coco-eval" and ref.evaluator == "pycocotools"
     assert fast.stats == ref.stats  # the 12 stats, to the last digit
-    np.testing.assert_allclose(fast.precision, ref.precision, rtol=0, atol=4e-16)  # see detzoo.coco's docstring
+    np.testing.assert_allclose(fast.precision, ref.precision, rtol=0, atol=4e-16)  # see detzoo.coco.evaluation
     np.testing.assert_array_equal(fast.recall, ref.recall)
     assert fast.per_category.keys() == ref.per_category.keys()
     for c in ref.per_category:
