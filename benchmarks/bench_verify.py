@@ -57,19 +57,16 @@ def _accuracy_pass(folder: Path, variants: list, records, threads: int) -> tuple
     it (``open_models`` then ``collect_detections``, detection cache on), from an empty cache."""
     import contextlib
 
-    from detzoo.manifest import Manifest
     from detzoo.source import open_source
     from detzoo.verify.accuracy import collect_detections
     from detzoo.verify.cache import CACHE_DIR
-    from detzoo.verify.core import VerifyConfig, open_models
+    from detzoo.verify.core import VerifyConfig, open_models, plan
 
     shutil.rmtree(folder / CACHE_DIR, ignore_errors=True)  # every image really runs
-    cfg = VerifyConfig(folder=folder, threads=threads, variants=variants)
-    m = Manifest.load(folder)
-    artifacts = {n: m.checked_artifact(folder, n) for n in variants}
-    with open_source(m.source["path"], expected_sha256=m.source.get("sha256")) as src, \
+    p = plan(VerifyConfig(folder=folder, threads=threads, variants=variants))
+    with open_source(p.manifest.source["path"], expected_sha256=p.manifest.source.get("sha256")) as src, \
             contextlib.ExitStack() as stack:
-        models = open_models(cfg, m, variants, artifacts, src, stack)
+        models = open_models(p, src, stack)
         t0, c0 = time.perf_counter(), time.process_time()
         collected = collect_detections(models, records)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -162,7 +159,7 @@ def sample():
         time.sleep(0.05)
 threading.Thread(target=sample, daemon=True).start()
 t0 = time.perf_counter()
-rep = verify(VerifyConfig(folder=entry, images=images, latency_runs=0, max_drop=float("inf"))).report
+rep = verify(VerifyConfig(folder=entry, images=images, latency_runs=0, max_drop=float("inf"))).report.to_json()
 stop.set()
 out.write_text(json.dumps({"t0": t0, "samples": samples, "seconds": rep["seconds"],
                            "images": rep["data"]["evaluated"],

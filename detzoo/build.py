@@ -64,7 +64,7 @@ class BuildConfig:
 @dataclass
 class BuildResult:
     folder: Path
-    report: dict
+    report: "VerifyReport"
     seconds: dict
     passed: bool
 
@@ -151,35 +151,35 @@ def built_variants(folder: Path, precisions: list, feed_size) -> list:
     return out
 
 
-def report_records(report: dict):
+def report_records(report):
     """The image records a report was computed on (same ids as verify used)."""
     from detzoo.coco import coco_records, load_instances
     from detzoo.images import folder_records
 
-    data = report["data"]
-    if data.get("annotations"):
-        recs = coco_records(load_instances(data["annotations"]), data["images_dir"], data.get("limit"))
+    data = report.data
+    if data.annotations:
+        recs = coco_records(load_instances(data.annotations), data.images_dir, data.limit)
     else:
-        recs = folder_records(data["images_dir"], data.get("limit"))
-    wanted = set(data["image_ids"])
+        recs = folder_records(data.images_dir, data.limit)
+    wanted = set(data.image_ids)
     return [r for r in recs if r.image_id in wanted]
 
 
-def write_entry_pages(folder: Path) -> dict:
+def write_entry_pages(folder: Path):
     """``report.html`` and the ``README.md`` model card, from manifest.json and report.json."""
     from detzoo.fsutil import atomic_write_text
     from detzoo.manifest import Manifest
     from detzoo.verify.card import render_card
     from detzoo.verify.html import render_html
-    from detzoo.verify.report import load_report
+    from detzoo.verify.report import VerifyReport
 
     folder = Path(folder)
     m = Manifest.load(folder)
-    report = load_report(folder)
+    report = VerifyReport.load(folder)
     from detzoo.verify.core import cache_io
 
-    feed = report["data"].get("feed_size")
-    ios = {n: cache_io(m, n, feed) for n in report["models"] if n == "source" or n in m.variants}
+    feed = report.data.feed_size
+    ios = {n: cache_io(m, n, feed) for n in report.models if n == "source" or n in m.variants}
     atomic_write_text(folder / "report.html", render_html(folder, report, report_records(report), ios))
     atomic_write_text(folder / "README.md", render_card(m, report, folder))
     return report

@@ -31,9 +31,10 @@ def _fail(e: DetzooError) -> None:
 
 def _summary(folder: Path) -> str:
     """Mode, gate and the summary table, rendered from report.json (not read back from REPORT.md)."""
-    from detzoo.verify.report import load_report, render_summary
+    from detzoo.verify.markdown import render_summary
+    from detzoo.verify.report import VerifyReport
 
-    return "\n".join(render_summary(load_report(folder))).rstrip()
+    return "\n".join(render_summary(VerifyReport.load(folder))).rstrip()
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ def _fp32(entry: Path) -> Path:
 def _verify(entry: Path, shapes):
     from detzoo.verify import VerifyConfig, verify
 
-    return verify(VerifyConfig(folder=entry, images=shapes[0], annotations=shapes[1], latency_runs=2)).report
+    return verify(VerifyConfig(folder=entry, images=shapes[0], annotations=shapes[1], latency_runs=2)).report.to_json()
 
 
 # --- small ONNX models built by hand -----------------------------------------------------------

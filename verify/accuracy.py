@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from detzoo.coco import CocoResult, bootstrap_drop, evaluate, reference_ground_truth
-from detzoo.detections import Detections, agreement
+from detzoo.detections import Agreement, Detections, agreement
 from detzoo.errors import DetzooError
 from detzoo.images import ImageError, ImageRecord, decode_image
 from detzoo.runners import Runner, preprocess
@@ -160,7 +160,7 @@ def collect_detections(models: list[Model], records: list[ImageRecord],
 class ModelAccuracy:
     coco: CocoResult
     fidelity: CocoResult | None = None        # against the source's confident detections
-    agreement: dict | None = None
+    agreement: Agreement | None = None
     drop: dict = field(default_factory=dict)  # stat name -> source - model (fractions, not points)
     drop_ci: dict | None = None
     warnings: list = field(default_factory=list)
@@ -220,7 +220,7 @@ def evaluate_models(collected: Collected, gt: dict | None, threshold: float, boo
             acc.fidelity = res
         if name != "source":
             acc.agreement = agreement(((collected.keys[i], collected.sizes[i], src[i], dets[i]) for i in ids),
-                                      min_score=threshold, iou=0.5).to_json()
+                                      min_score=threshold, iou=0.5)
         out[name] = acc
     base = out["source"].coco
     for name, acc in out.items():

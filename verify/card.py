@@ -6,6 +6,7 @@ from pathlib import Path
 
 from detzoo.manifest import Manifest
 from detzoo.source import OUTPUT_ROLES
+from detzoo.verify.report import VerifyReport
 
 OUTPUT_DOC = {
     "num_detections": ("float32", "[N]", "number of valid detections per image (the rest is padding)"),
@@ -37,13 +38,13 @@ def _artifact_input(m: Manifest, folder) -> str:
     return "; ".join(f"{s} ({', '.join(n)})" for s, n in shapes.items())
 
 
-def render_card(m: Manifest, report: dict, folder=None) -> str:
+def render_card(m: Manifest, report: VerifyReport, folder=None) -> str:
     """``folder``: where the artifacts are, so the card states the input shapes the files really have."""
-    from detzoo.verify.report import coco_table, summary_table
+    from detzoo.verify.markdown import coco_table, summary_table
 
     io = m.io
-    ref = report["mode"] == "reference"
-    n = report["data"]["evaluated"]
+    ref = report.reference
+    n = report.data.evaluated
     fp32 = m.variants.get("fp32")
     onnx_outputs = (fp32.settings.get("onnx_outputs") if fp32 else None) or io.output_names
     onnx_input = (fp32.settings.get("onnx_input") if fp32 else None) or io.input.name
@@ -69,7 +70,7 @@ def render_card(m: Manifest, report: dict, folder=None) -> str:
            *([f"- fixed-size variants ({', '.join(fixed)}) are fed as the zoo feeds them: each image resized "
               "with OpenCV's INTER_LINEAR to their size first"] if (fixed := [n for n, v in m.variants.items()
                                                                           if v.io and (v.settings or {}).get("input_size")]) else []),
-           f"- metrics below: {report['data'].get('feed') or 'each image as decoded'}", "",
+           f"- metrics below: {report.data.feed or 'each image as decoded'}", "",
            "## Outputs, in this order", "",
            "| # | name | dtype | shape | meaning |", "|---|---|---|---|---|"]
     for i, (role, name) in enumerate(zip(OUTPUT_ROLES, onnx_outputs)):
@@ -82,30 +83,29 @@ def render_card(m: Manifest, report: dict, folder=None) -> str:
         out.append(f"| `{v.file}` | {v.precision} | {v.size / 1e6:.2f} | `{v.sha256[:16]}...` | {v.opset or ''} |")
     out += ["", "## Metrics", ""]
     if ref:
-        out += [f"Reference mode: based on {n} images (`{report['data']['images_dir'].rsplit('/', 1)[-1]}`), "
-                f"without annotations. The source model's detections scoring >= {report['reference_threshold']} "
+        out += [f"Reference mode: based on {n} images (`{report.data.images_dir.rsplit('/', 1)[-1]}`), "
+                f"without annotations. The source model's detections scoring >= {report.reference_threshold} "
                 "are the ground truth; the numbers say how faithfully each artifact reproduces the source "
                 "(fidelity AP), not accuracy on COCO.", ""]
     out += summary_table(report) + [""]
-    for name, mod in report["models"].items():
-        what = "the source model" if name == "source" else f"`{mod['file']}`"
+    for name, mod in report.models.items():
+        what = "the source model" if name == "source" else f"`{mod.file}`"
         basis = (f"Based on {n} images from COCO" if not ref else f"Based on {n} reference images")
-        out += [f"### {mod['framework']}, {mod['precision']} ({name})", "",
-                f"{basis} with {what} in {mod['precision']} precision.", ""]
-        out += coco_table(mod["coco"]["stats"]) + [""]
-    lat = report.get("latency")
+        out += [f"### {mod.framework}, {mod.precision} ({name})", "",
+                f"{basis} with {what} in {mod.precision} precision.", ""]
+        out += coco_table(mod.stats) + [""]
+    lat = report.latency
     if lat:
-        mach = report["machine"]
+        mach = report.machine
         out += ["## Latency", "",
-                f"Batch {lat.get('batch', 1)}, {lat['threads']} intra-op thread(s), {lat['runs']} timed runs after {lat['warmup']} "
+                f"Batch {lat.batch}, {lat.threads} intra-op thread(s), {lat.runs} timed runs after {lat.warmup} "
                 f"warm-up runs, on {mach.get('cpu')} ({', '.join(mach.get('flags', []))}).", "",
                 "| model | p50 ms | p90 ms | p99 ms | images/s | speed-up vs source |", "|---|---|---|---|---|---|"]
-        for name, mod in report["models"].items():
-            t = mod.get("latency")
+        for name, mod in report.models.items():
+            t, su = mod.latency, mod.speedup
             if t:
-                su = mod.get("speedup")
-                out.append(f"| {name} | {t['p50_ms']:.1f} | {t['p90_ms']:.1f} | {t['p99_ms']:.1f} | "
-                           f"{t['throughput_ips']:.1f} | {'' if su is None else f'{su:.2f}x'} |")
+                out.append(f"| {name} | {t.p50_ms:.1f} | {t.p90_ms:.1f} | {t.p99_ms:.1f} | "
+                           f"{t.throughput_ips:.1f} | {'' if su is None else f'{su:.2f}x'} |")
         out.append("")
     example = next(iter(m.variants.values())).file if m.variants else "model.onnx"
     resize = ""
@@ -127,5 +127,5 @@ def render_card(m: Manifest, report: dict, folder=None) -> str:
             f"    print(int(c) + {io.class_offset}, float(s), xmin * w, ymin * h, xmax * w, ymax * h)",
             "```", "",
             "Any artifact above runs the same way; replace the file name.", "",
-            f"Tool versions: {', '.join(f'{k} {v}' for k, v in report.get('tool_versions', {}).items())}.", ""]
+            f"Tool versions: {', '.join(f'{k} {v}' for k, v in report.tool_versions.items())}.", ""]
     return "\n".join(line for line in out if line is not None)

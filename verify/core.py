@@ -20,8 +20,10 @@ from detzoo.fsutil import atomic_path, atomic_write_json, atomic_write_text, sha
 from detzoo.images import ImageError, decode_image, demo_dir, folder_records
 from detzoo.manifest import MANIFEST, Manifest, machine_info, now, tool_versions
 
-REPORT_JSON, REPORT_MD, PR_ARRAYS = "report.json", "REPORT.md", "pr_arrays.npz"
-REPORT_SCHEMA = "detzoo.report/1"
+from detzoo.verify.report import (REPORT_JSON, CocoSummary, DataInfo, Gate, LatencySetup, ModelLatency, ModelReport,
+                                  VerifyReport)
+
+REPORT_MD, PR_ARRAYS = "REPORT.md", "pr_arrays.npz"
 
 
 @dataclass
@@ -77,15 +79,18 @@ class VerifyConfig:
 
 @dataclass
 class VerifyResult:
-    report: dict
+    report: VerifyReport
     report_json: Path
     report_md: Path
-    failed: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
 
     @property
+    def failed(self) -> list:
+        return self.report.gate.failed
+
+    @property
     def passed(self) -> bool:
-        return not self.failed
+        return self.report.passed
 
 
 def select_variants(m: Manifest, wanted) -> list[str]:
@@ -166,43 +171,97 @@ class Progress:
             yield lambda: p.advance(t)
 
 
-def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
+@dataclass
+class VerifyPlan:
+    """What one verification runs on, settled once before any model runs: the manifest, the
+    artifacts (each sha256-checked), the images and, with annotations, the ground truth."""
+
+    cfg: VerifyConfig
+    manifest: Manifest
+    names: list          # the variants verified, beside the source
+    artifacts: dict      # variant -> its checked path
+    mode: str            # "ground_truth" or "reference"
+    gt: object           # the Instances, or None in reference mode
+    records: list        # ImageRecords, in verify's order
+    images_dir: Path
+
+    @property
+    def folder(self) -> Path:
+        return self.cfg.folder
+
+
+    def check_artifacts(self) -> "VerifyPlan":
+        """Hash every artifact against the manifest (refusing a changed one) and the feeding."""
+        self.artifacts = {n: self.manifest.checked_artifact(self.folder, n) for n in self.names}
+        check_feed(self.manifest, self.names, self.cfg.feed_size)
+        return self
+
+
+def plan(cfg: VerifyConfig, check_artifacts: bool = True) -> VerifyPlan:
+    """Read and check everything a verification needs; DetzooError for bad input, nothing written.
+    ``check_artifacts`` False: the caller compares something else first (merge: the shards' record)
+    and calls ``check_artifacts()`` itself."""
+    manifest = Manifest.load(cfg.folder)
+    names = select_variants(manifest, cfg.variants)
+    p = VerifyPlan(cfg, manifest, names, {}, "", None, [], cfg.folder)
+    if check_artifacts:
+        p.check_artifacts()  # before the annotations are parsed: a changed model is named first
+    p.mode, p.gt, p.records, p.images_dir = verify_records(cfg)
+    return p
+
+
+class LocalExecutor:
+    """Runs every model on every image here (cached detections are read, not recomputed); with
+    ``cfg.cache_only`` (merging shards) a missing detection is an error. verify/distributed.py's
+    RayExecutor is the other executor: it fills the cache on a cluster, then reads it like this."""
+
+    load_models = True  # load every model before the pass, so a broken artifact fails before any work
+
+    def __call__(self, p: VerifyPlan, models: list, progress: Progress):
+        from detzoo.verify.accuracy import collect_detections
+
+        with progress.task(f"accuracy pass ({len(models)} models)", len(p.records)) as advance:
+            return collect_detections(models, p.records, advance, cache_only=p.cfg.cache_only,
+                                      feed_size=p.cfg.feed_size)
+
+
+def verify(cfg: VerifyConfig, console=None, executor=None) -> VerifyResult:
     """Verify the artifacts in ``cfg.folder``; ``console`` (rich) shows progress and warnings.
 
     Raises DetzooError for bad input before anything is written, and CheckFailed (after writing
     the report and manifest) when an artifact's drop exceeds ``cfg.max_drop``.
     """
+    return run(plan(cfg), console, executor)
+
+
+def run(p: VerifyPlan, console=None, executor=None) -> VerifyResult:
+    """The pipeline after planning: detect (``executor``, local by default) -> evaluate -> latency
+    -> report, written with the manifest last; the gate is raised after everything is written."""
     from detzoo.source import open_source
-    from detzoo.verify.accuracy import collect_detections, evaluate_models
+    from detzoo.verify.accuracy import evaluate_models
     from detzoo.verify.latency import measure_latency
-    from detzoo.verify.report import render_markdown
+    from detzoo.verify.markdown import render_markdown
 
     t_start = time.perf_counter()
-    folder = cfg.folder
-    manifest = Manifest.load(folder)
-    names = select_variants(manifest, cfg.variants)
-    artifacts = {n: manifest.checked_artifact(folder, n) for n in names}  # refuses a changed artifact
-    check_feed(manifest, names, cfg.feed_size)
-    mode, gt, records, images_dir = verify_records(cfg)
-    data_notes = list(getattr(gt, "warnings", ()))  # what loading the annotations found unusual but kept
+    cfg, manifest, folder, records = p.cfg, p.manifest, p.folder, p.records
+    executor = executor or LocalExecutor()
+    data_notes = list(getattr(p.gt, "warnings", ()))  # what loading the annotations found unusual but kept
     progress = Progress(console)
     seconds = {}
 
     with open_source(manifest.source["path"], expected_sha256=manifest.source.get("sha256")) as src, \
             contextlib.ExitStack() as stack:
         t0 = time.perf_counter()
-        models = open_models(cfg, manifest, names, artifacts, src, stack)
+        models = open_models(p, src, stack, load=executor.load_models)
         seconds["load"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        with progress.task(f"accuracy pass ({len(models)} models)", len(records)) as advance:
-            collected = collect_detections(models, records, advance, cache_only=cfg.cache_only,
-                                           feed_size=cfg.feed_size)
+        collected = executor(p, models, progress)
         seconds["accuracy_pass"] = time.perf_counter() - t0
         seconds["inference"] = sum(collected.inference_seconds.values())
 
         t0 = time.perf_counter()
-        accuracy, _ = evaluate_models(collected, gt, cfg.reference_threshold, cfg.bootstrap, cfg.seed,
+        accuracy, _ = evaluate_models(collected, p.gt, cfg.reference_threshold, cfg.bootstrap, cfg.seed,
                                       manifest.io.label_map)
         seconds["evaluation"] = time.perf_counter() - t0
 
@@ -223,10 +282,9 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
                     latency = measure_latency(timed, batches, cfg.latency_runs, on_round=adv, batch=cfg.batch)
                 seconds["latency"] = time.perf_counter() - t0
 
-    report = _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys,
+    report = _build_report(cfg, manifest, p.mode, p.images_dir, records, collected, accuracy, latency, latency_keys,
                            models, seconds, t_start, data_notes + latency_notes)
-    failed = report["gate"]["failed"]
-    warnings = data_notes + [w for m in report["models"].values() for w in m["warnings"]]
+    warnings = data_notes + [w for m in report.models.values() for w in m.warnings]
     for w in warnings:
         if console is not None:
             console.print(f"[yellow]warning:[/] {w}", highlight=False)
@@ -238,41 +296,52 @@ def verify(cfg: VerifyConfig, console=None) -> VerifyResult:
                                 iou_thresholds=next(iter(accuracy.values())).coco.iou_thresholds,
                                 recall_thresholds=next(iter(accuracy.values())).coco.recall_thresholds,
                                 cat_ids=np.asarray(next(iter(accuracy.values())).coco.cat_ids))
-    atomic_write_json(folder / REPORT_JSON, report)
+    atomic_write_json(folder / REPORT_JSON, report.to_json())
     atomic_write_text(folder / REPORT_MD, render_markdown(report))
     _record_in_manifest(folder, report)  # last
-    result = VerifyResult(report, folder / REPORT_JSON, folder / REPORT_MD, failed, warnings)
-    if failed:
-        g = report["gate"]
-        detail = ", ".join(f"{n} drops {report['models'][n]['drop']['AP'] * 100:.2f}" for n in failed)
-        raise CheckFailed(f"accuracy budget broken: {detail} {g['metric']} points (max {g['max_drop_points']:g}); "
+    result = VerifyResult(report, folder / REPORT_JSON, folder / REPORT_MD, warnings)
+    g = report.gate
+    if not g.passed:
+        detail = ", ".join(f"{n} drops {report.models[n].drop_points:.2f}" for n in g.failed)
+        raise CheckFailed(f"accuracy budget broken: {detail} {g.metric} points (max {g.max_drop_points:g}); "
                           f"see {folder / REPORT_MD}")
     return result
 
 
-def open_models(cfg: VerifyConfig, manifest: Manifest, names: list, artifacts: dict, src, stack,
-                cache_tag: str | None = None, load: bool = True) -> list:
+def source_precision(manifest: Manifest) -> str:
+    """The source's precision as convert found it (an integer TFLite is int8, a float16 one fp16)."""
+    return next((v.settings["source_precision"] for v in manifest.variants.values()
+                 if v.settings.get("source_precision")), "fp32")
+
+
+def open_model(manifest: Manifest, name: str, path, src, threads: int, allow_unsafe_ops: bool = False, cache=None):
+    """The source (``path`` None; ``src`` the opened source) or one variant as a ``Model``, not yet loaded."""
+    from detzoo.verify.accuracy import Model
+
+    runner = model_runner(manifest, name, path, src, threads, allow_unsafe_ops)
+    if name == "source":
+        return Model("source", "tensorflow" if src.format.value != "tflite" else "tflite", source_precision(manifest),
+                     Path(manifest.source["path"]).name, src.sha256, int(manifest.source.get("size") or src.size),
+                     runner, cache)
+    v = manifest.variants[name]
+    return Model(name, "tflite" if v.format == "tflite" else "onnxruntime", v.precision, v.file, v.sha256, v.size,
+                 runner, cache)
+
+
+def open_models(p: VerifyPlan, src, stack, cache_tag: str | None = None, load: bool = True) -> list:
     """The source and each variant as ``Model``s with their caches (``cache_tag``: a shard's own
     cache files), closed by ``stack``. ``load``: load every model now, so a broken artifact fails
     before any work is cached and model loading is not counted in the accuracy pass."""
-    from detzoo.verify.accuracy import Model
     from detzoo.verify.cache import DetectionCache
+
+    cfg, manifest = p.cfg, p.manifest
 
     def cache(name, sha):
         return DetectionCache(cfg.folder, sha, cache_io(manifest, name, cfg.feed_size), cache_tag) if cfg.use_cache else None
 
-    # The source's precision as convert found it (an integer TFLite is int8, a float16 one fp16).
-    src_precision = next((v.settings["source_precision"] for v in manifest.variants.values()
-                          if v.settings.get("source_precision")), "fp32")
-    models = [Model("source", "tensorflow" if src.format.value != "tflite" else "tflite", src_precision,
-                    Path(manifest.source["path"]).name, src.sha256, int(manifest.source.get("size") or src.size),
-                    model_runner(manifest, "source", None, src, cfg.threads, cfg.allow_unsafe_ops),
-                    cache("source", src.sha256))]
-    for n in names:
-        v = manifest.variants[n]
-        models.append(Model(n, "tflite" if v.format == "tflite" else "onnxruntime", v.precision, v.file, v.sha256,
-                            v.size, model_runner(manifest, n, artifacts[n], src, cfg.threads, cfg.allow_unsafe_ops),
-                            cache(n, v.sha256)))
+    models = [open_model(manifest, "source", None, src, cfg.threads, cfg.allow_unsafe_ops, cache("source", src.sha256))]
+    models += [open_model(manifest, n, p.artifacts[n], src, cfg.threads, cfg.allow_unsafe_ops,
+                          cache(n, manifest.variants[n].sha256)) for n in p.names]
     for m in models:
         stack.callback(m.runner.deactivate)
     if load:
@@ -389,74 +458,58 @@ def feeding(feed_size) -> str:
 
 
 def _build_report(cfg, manifest, mode, images_dir, records, collected, accuracy, latency, latency_keys, models,
-                  seconds, t_start, data_notes=()) -> dict:
+                  seconds, t_start, data_notes=()) -> VerifyReport:
     ids = sorted(collected.sizes)
     evaluated_files = {r.path.name for r in records if r.image_id in collected.sizes}
-    metric = "AP" if mode == "ground_truth" else "fidelity AP"
     src_lat = latency.get("source")
     machine = machine_info()
     cls = machine["cpu_class"]
-    out_models, failed = {}, []
+    out_models = {}
     for m in models:
         a = accuracy[m.name]
         lat = latency.get(m.name)
-        entry = {
-            "framework": m.framework, "precision": m.precision, "file": m.file, "sha256": m.sha256, "size": m.size,
-            "coco": a.coco.to_json(),
-            "fidelity": a.fidelity.to_json() if a.fidelity is not None else None,
-            "agreement": a.agreement,
-            "drop": a.drop, "drop_ci": a.drop_ci,
-            "latency": {**lat.to_json(), "cpu_class": cls} if lat else None,
-            "speedup": round(src_lat.p50_ms / lat.p50_ms, 4) if lat and src_lat and lat.p50_ms > 0 else None,
-            "inferences": collected.inferences[m.name], "cache_hits": collected.cache_hits[m.name],
-            "warnings": a.warnings + _tuning_warning(manifest, m.name, evaluated_files)
-            + _speed_warning(m, lat, latency.get("fp32"), cls),
-        }
-        out_models[m.name] = entry
-        if m.name != "source" and a.drop.get("AP") is not None and a.drop["AP"] * 100 > cfg.max_drop + 1e-9:
-            failed.append(m.name)
-    return {
-        "schema": REPORT_SCHEMA,
-        "name": manifest.name,
-        "created": now(),
-        "mode": mode,
-        "reference_threshold": cfg.reference_threshold,
-        "data": {"images_dir": str(images_dir), "annotations": str(cfg.annotations) if cfg.annotations else None,
-                 "limit": cfg.limit, "feed": feeding(cfg.feed_size),
-                 "feed_size": list(cfg.feed_size) if cfg.feed_size else None, "requested": len(records), "evaluated": len(ids), "image_ids": ids,
-                 "skipped": collected.skipped},
-        "gate": {"metric": metric, "max_drop_points": cfg.max_drop, "failed": failed, "passed": not failed},
-        "models": out_models,
-        "bootstrap": ({"resamples": cfg.bootstrap, "seed": cfg.seed, "confidence": 0.95, "paired_over": "images"}
-                      if cfg.bootstrap else None),
-        "latency": ({"runs": cfg.latency_runs, "warmup": next(iter(latency.values())).warmup, "images": latency_keys,
-                     "threads": cfg.threads, "inter_op_threads": 1, "batch": cfg.batch, "timed": "model call only",
-                     "order": "round-robin over models", "cpu_class": cls} if latency else None),
-        "notes": list(data_notes) + _class_notes(manifest, cls) + _source_note(cfg.folder, manifest)
+        out_models[m.name] = ModelReport(
+            m.framework, m.precision, m.file, m.sha256, m.size,
+            coco=CocoSummary.from_json(a.coco.to_json()),
+            fidelity=CocoSummary.from_json(a.fidelity.to_json()) if a.fidelity is not None else None,
+            agreement=a.agreement, drop=a.drop, drop_ci=a.drop_ci,
+            latency=ModelLatency(**lat.to_json(), cpu_class=cls) if lat else None,
+            speedup=round(src_lat.p50_ms / lat.p50_ms, 4) if lat and src_lat and lat.p50_ms > 0 else None,
+            inferences=collected.inferences[m.name], cache_hits=collected.cache_hits[m.name],
+            warnings=a.warnings + _tuning_warning(manifest, m.name, evaluated_files)
+            + _speed_warning(m, lat, latency.get("fp32"), cls))
+    return VerifyReport(
+        name=manifest.name, created=now(), mode=mode, reference_threshold=cfg.reference_threshold,
+        data=DataInfo(str(images_dir), str(cfg.annotations) if cfg.annotations else None, cfg.limit,
+                      feeding(cfg.feed_size), list(cfg.feed_size) if cfg.feed_size else None, len(records),
+                      len(ids), ids, collected.skipped),
+        gate=Gate.judge("AP" if mode == "ground_truth" else "fidelity AP", cfg.max_drop, out_models),
+        models=out_models,
+        bootstrap=({"resamples": cfg.bootstrap, "seed": cfg.seed, "confidence": 0.95, "paired_over": "images"}
+                   if cfg.bootstrap else None),
+        latency=(LatencySetup(cfg.latency_runs, next(iter(latency.values())).warmup, latency_keys, cfg.threads,
+                              batch=cfg.batch, cpu_class=cls) if latency else None),
+        notes=list(data_notes) + _class_notes(manifest, cls) + _source_note(cfg.folder, manifest)
         + _feeding_notes(manifest, [m.name for m in models], cfg.feed_size),
-        "threads": cfg.threads,
-        "allow_unsafe_ops": cfg.allow_unsafe_ops,
-        "manifest": {"sha256_as_read": sha256_file(cfg.folder / MANIFEST), "source": manifest.source,
-                     "variants": {n: {"file": v.file, "sha256": v.sha256, "precision": v.precision, "size": v.size}
-                                  for n, v in manifest.variants.items()}},
-        "machine": machine,
-        "tool_versions": tool_versions(),
-        "seconds": {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(time.perf_counter() - t_start, 3)},
-    }
+        threads=cfg.threads, allow_unsafe_ops=cfg.allow_unsafe_ops,
+        manifest={"sha256_as_read": sha256_file(cfg.folder / MANIFEST), "source": manifest.source,
+                  "variants": {n: {"file": v.file, "sha256": v.sha256, "precision": v.precision, "size": v.size}
+                               for n, v in manifest.variants.items()}},
+        machine=machine, tool_versions=tool_versions(),
+        seconds={**{k: round(v, 3) for k, v in seconds.items()}, "total": round(time.perf_counter() - t_start, 3)})
 
 
-def _record_in_manifest(folder: Path, report: dict) -> None:
+def _record_in_manifest(folder: Path, report: VerifyReport) -> None:
     """Re-load the manifest (another stage may have added to it) and record a summary under results."""
     m = Manifest.load(folder)
     m.results["verify"] = {
-        "created": report["created"], "report": REPORT_JSON, "mode": report["mode"],
-        "images": report["data"]["evaluated"], "threads": report["threads"], "gate": report["gate"],
-        "cpu_class": report["machine"]["cpu_class"], "allow_unsafe_ops": report["allow_unsafe_ops"],
-        "models": {n: {"sha256": e["sha256"], "AP": e["coco"]["stats"]["AP"], "AP50": e["coco"]["stats"]["AP50"],
-                       "drop_points": None if "AP" not in e["drop"] else round(e["drop"]["AP"] * 100, 4),
-                       "drop_ci_points": (None if not e["drop_ci"] else
-                                          [round(e["drop_ci"]["low"] * 100, 4), round(e["drop_ci"]["high"] * 100, 4)]),
-                       "p50_ms": e["latency"]["p50_ms"] if e["latency"] else None, "speedup": e["speedup"]}
-                   for n, e in report["models"].items()},
+        "created": report.created, "report": REPORT_JSON, "mode": report.mode,
+        "images": report.data.evaluated, "threads": report.threads, "gate": report.gate.to_json(),
+        "cpu_class": report.cpu_class, "allow_unsafe_ops": report.allow_unsafe_ops,
+        "models": {n: {"sha256": e.sha256, "AP": e.stats["AP"], "AP50": e.stats["AP50"],
+                       "drop_points": None if e.drop_points is None else round(e.drop_points, 4),
+                       "drop_ci_points": None if not e.drop_ci else [round(x, 4) for x in e.drop_ci_points],
+                       "p50_ms": e.latency.p50_ms if e.latency else None, "speedup": e.speedup}
+                   for n, e in report.models.items()},
     }
     m.save(folder)

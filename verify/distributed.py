@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from detzoo.errors import DetzooError, InternalError, first_line
+from detzoo.verify.shard import Shard
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def detect_shard(folder: str, model: str, threads: int, records: list, allow_uns
     from detzoo.source import open_source
     from detzoo.verify.cache import image_sha256
 
-    from detzoo.verify.core import fed_image, model_runner
+    from detzoo.verify.core import fed_image, open_model
 
     m = Manifest.load(folder)
     out = []
@@ -61,7 +62,7 @@ def detect_shard(folder: str, model: str, threads: int, records: list, allow_uns
         if model == "source":
             src = stack.enter_context(open_source(m.source["path"], expected_sha256=m.source.get("sha256")))
         path = None if model == "source" else m.checked_artifact(folder, model)
-        runner = stack.enter_context(model_runner(m, model, path, src, threads, allow_unsafe_ops))
+        runner = stack.enter_context(open_model(m, model, path, src, threads, allow_unsafe_ops).runner)
         for image_id, path in records:
             try:
                 sha = image_sha256(path)
@@ -91,46 +92,45 @@ def _init(ray, opts: RayOptions) -> bool:
     return True
 
 
-def verify_ray(cfg, opts: RayOptions | None = None, console=None):
-    """Verify ``cfg`` with one Ray task per (model, shard); returns ``VerifyResult`` like ``verify``."""
-    from detzoo.detections import Detections
-    from detzoo.manifest import Manifest
-    from detzoo.verify.cache import DetectionCache, image_sha256
-    from detzoo.verify.core import Progress, verify_records, select_variants, cache_io, check_feed, verify
-    from detzoo.verify.shard import Shard
+class RayExecutor:
+    """The verify pipeline's Ray executor: detections missing from the cache are computed by Ray
+    tasks and appended to it by the driver, then every detection is read from the cache."""
 
-    opts = opts or RayOptions()
-    if not cfg.use_cache:
-        raise DetzooError("--ray collects the tasks' results in the detection cache; it cannot run with the cache off")
-    folder = Path(cfg.folder).resolve()
-    manifest = Manifest.load(folder)
-    names = select_variants(manifest, cfg.variants)
-    for n in names:
-        manifest.checked_artifact(folder, n)
-    check_feed(manifest, names, cfg.feed_size)
-    _, _, records, _ = verify_records(cfg)
-    shas = {"source": manifest.source["sha256"], **{n: manifest.variants[n].sha256 for n in names}}
-    caches = {name: DetectionCache(folder, sha, cache_io(manifest, name, cfg.feed_size)) for name, sha in shas.items()}
-    image_shas = {}
-    for r in records:
-        try:
-            image_shas[r.image_id] = image_sha256(r.path)
-        except OSError:
-            pass  # the final pass lists it as skipped
-    todo = {name: [r for r in records if r.image_id not in image_shas
-                   or c.get(r.image_id, image_shas[r.image_id]) is None] for name, c in caches.items()}
+    load_models = False  # the tasks load the models; the driver only reads caches (and times latency)
 
-    if any(todo.values()):
+    def __init__(self, opts: RayOptions | None = None):
+        self.opts = opts or RayOptions()
+
+    def __call__(self, p, models: list, progress):
+        from detzoo.verify.cache import image_sha256
+        from detzoo.verify.core import LocalExecutor
+
+        image_shas = {}
+        for r in p.records:
+            try:
+                image_shas[r.image_id] = image_sha256(r.path)
+            except OSError:
+                pass  # the final pass lists it as skipped
+        todo = {m.name: [r for r in p.records if r.image_id not in image_shas
+                         or m.cache.get(r.image_id, image_shas[r.image_id]) is None] for m in models}
+        if any(todo.values()):
+            self._dispatch(p, {m.name: m.cache for m in models}, todo, progress)
+        return LocalExecutor()(p, models, progress)  # cache_only: every detection is now cached
+
+    def _dispatch(self, p, caches: dict, todo: dict, progress) -> None:
+        from detzoo.detections import Detections
+
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
         try:
             import ray
         except ImportError:
             raise DetzooError("--ray needs Ray: pip install 'detzoo[ray]' (or 'ray>=2.9,<3')") from None
 
-        started = _init(ray, opts)
+        cfg, folder = p.cfg, Path(p.folder).resolve()
+        started = _init(ray, self.opts)
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
-            n_shards = opts.shards or max(1, cpus // cfg.threads)
+            n_shards = self.opts.shards or max(1, cpus // cfg.threads)
             task = ray.remote(num_cpus=cfg.threads)(detect_shard)
             jobs = {}
             for name, recs in todo.items():
@@ -139,7 +139,7 @@ def verify_ray(cfg, opts: RayOptions | None = None, console=None):
                     paths = [(r.image_id, str(Path(r.path).resolve())) for r in part]
                     ref = task.remote(str(folder), name, cfg.threads, paths, cfg.allow_unsafe_ops, cfg.feed_size)
                     jobs[ref] = (name, k, len(part))
-            with Progress(console).task(f"ray: {len(jobs)} tasks ({len(todo)} models)", len(jobs)) as advance:
+            with progress.task(f"ray: {len(jobs)} tasks ({len(todo)} models)", len(jobs)) as advance:
                 pending = list(jobs)
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1)
@@ -159,4 +159,13 @@ def verify_ray(cfg, opts: RayOptions | None = None, console=None):
         finally:
             if started:
                 ray.shutdown()
-    return verify(replace(cfg, cache_only=True), console)
+
+
+def verify_ray(cfg, opts: RayOptions | None = None, console=None):
+    """Verify ``cfg`` with one Ray task per (model, shard); returns ``VerifyResult`` like ``verify``."""
+    from detzoo.verify.core import plan, run
+
+    if not cfg.use_cache:
+        raise DetzooError("--ray collects the tasks' results in the detection cache; it cannot run with the cache off")
+    cfg = replace(cfg, folder=Path(cfg.folder).resolve(), cache_only=True)
+    return run(plan(cfg), console, RayExecutor(opts))

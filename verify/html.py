@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from detzoo.detections import Detections, agreement
+from detzoo.verify.report import VerifyReport
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 PAGE_CHECK = """<script>
@@ -48,23 +49,23 @@ def _img_tag(src: str, alt: str) -> str:
     return f'<img src="{src}" alt="{html.escape(alt)}">'
 
 
-def _plots(report: dict) -> list[tuple[str, str]]:
+def _plots(report: VerifyReport) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = report["models"]
+    models = report.models
     names = list(models)
-    metric = "fidelity AP" if report["mode"] == "reference" else "AP"
+    metric = "fidelity AP" if report.reference else "AP"
     out = []
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, n in enumerate(names):
-        coco = models[n]["coco"]
-        rec = coco["recall_thresholds"]
+        coco = models[n].coco
+        rec = coco.recall_thresholds
         for label, style in (("0.50:0.95", "-"), ("0.50", ":")):
-            curve = np.asarray(coco["pr_curves"][label], dtype=float)
+            curve = np.asarray(coco.pr_curves[label], dtype=float)
             ax.plot(np.asarray(rec)[curve >= 0], curve[curve >= 0], style, color=COLOURS[i % len(COLOURS)],
                     label=f"{n} (IoU {label})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
@@ -72,14 +73,14 @@ def _plots(report: dict) -> list[tuple[str, str]]:
     ax.legend(fontsize=8)
     out.append(("Precision-recall curves", _png(fig)))
 
-    cats = [c for c in models["source"]["coco"]["per_category"] if c["AP"] >= 0]
+    cats = [c for c in models["source"].coco.per_category if c["AP"] >= 0]
     cats = sorted(cats, key=lambda c: -c["AP"])[:30]
     if cats:
         fig, ax = plt.subplots(figsize=(7, 0.35 * len(cats) * len(names) / 2 + 1.5))
         y = np.arange(len(cats))
         h = 0.8 / len(names)
         for i, n in enumerate(names):
-            ap = {c["id"]: c["AP"] for c in models[n]["coco"]["per_category"]}
+            ap = {c["id"]: c["AP"] for c in models[n].coco.per_category}
             ax.barh(y + i * h, [max(ap.get(c["id"], 0), 0) for c in cats], h, label=n,
                     color=COLOURS[i % len(COLOURS)])
         ax.set_yticks(y + h * (len(names) - 1) / 2, [c["name"] for c in cats])
@@ -88,28 +89,23 @@ def _plots(report: dict) -> list[tuple[str, str]]:
         ax.legend(fontsize=8)
         out.append(("Per-category AP", _png(fig)))
 
-    timed = [n for n in names if models[n].get("latency")]
+    timed = [n for n in names if models[n].latency]
     if timed:
         fig, ax = plt.subplots(figsize=(7, 4))
-        samples = [models[n]["latency"].get("samples_ms") for n in timed]
-        if all(samples):
-            ax.boxplot(samples, whis=(1, 99))
-            ax.set_xticks(range(1, len(timed) + 1), timed)
-        else:  # older reports: percentiles only
-            x = np.arange(len(timed))
-            for j, (q, key) in enumerate((("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))):
-                ax.bar(x + j * 0.27, [models[n]["latency"][key] for n in timed], 0.27, label=q)
-            ax.set_xticks(x + 0.27, timed)
-            ax.legend()
-        lat = report.get("latency") or {}
-        ax.set(ylabel="ms per image (batch 1)", title=f"Latency, {lat.get('threads', '?')} thread(s)")
+        x = np.arange(len(timed))
+        for j, (q, key) in enumerate((("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))):
+            ax.bar(x + j * 0.27, [getattr(models[n].latency, key) for n in timed], 0.27, label=q)
+        ax.set_xticks(x + 0.27, timed)
+        ax.legend()
+        threads = report.latency.threads if report.latency else "?"
+        ax.set(ylabel="ms per image (batch 1)", title=f"Latency, {threads} thread(s)")
         out.append(("Latency distribution", _png(fig)))
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for i, n in enumerate(timed):
             m = models[n]
-            ax.scatter(m["latency"]["p50_ms"], m["coco"]["stats"]["AP"], s=60, color=COLOURS[i % len(COLOURS)])
-            ax.annotate(f"{n} ({m['size'] / 1e6:.1f} MB)", (m["latency"]["p50_ms"], m["coco"]["stats"]["AP"]),
+            ax.scatter(m.latency.p50_ms, m.stats["AP"], s=60, color=COLOURS[i % len(COLOURS)])
+            ax.annotate(f"{n} ({m.size / 1e6:.1f} MB)", (m.latency.p50_ms, m.stats["AP"]),
                         textcoords="offset points", xytext=(6, 4), fontsize=9)
         ax.set(xlabel="p50 latency, ms", ylabel=f"{metric} @[.5:.95]", title="Accuracy / latency trade-off")
         ax.set_xlim(left=0)
@@ -135,14 +131,14 @@ def _draw(image: np.ndarray, det: Detections, threshold: float, colour: str, wid
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _examples(folder: Path, report: dict, records, cache_ios: dict, count: int) -> list[str]:
+def _examples(folder: Path, report: VerifyReport, records, cache_ios: dict, count: int) -> list[str]:
     """Side-by-side images where an artifact's detections disagree most with the source's."""
     from detzoo.images import ImageError, decode_image
     from detzoo.verify.cache import DetectionCache, image_sha256
 
-    models = report["models"]
-    thr = report["reference_threshold"]
-    caches = {n: DetectionCache(folder, m["sha256"], cache_ios[n]) for n, m in models.items()}
+    models = report.models
+    thr = report.reference_threshold
+    caches = {n: DetectionCache(folder, m.sha256, cache_ios[n]) for n, m in models.items()}
     scored = []
     for rec in records:
         try:
@@ -184,20 +180,20 @@ def _table(head: list, rows: list) -> str:
     return f"<table><tr>{th}</tr>{trs}</table>"
 
 
-def render_html(folder: Path, report: dict, records, cache_ios: dict, examples: int = 3) -> str:
+def render_html(folder: Path, report: VerifyReport, records, cache_ios: dict, examples: int = 3) -> str:
     """``cache_ios``: each model's cache key (``verify.core.cache_io``), where its detections are read."""
-    from detzoo.verify.report import coco_rows, summary_rows
+    from detzoo.verify.markdown import coco_rows, summary_rows
 
-    gate = report["gate"]
-    verdict = ('<span class="pass">passed</span>' if gate["passed"]
-               else f'<span class="fail">FAILED: {html.escape(", ".join(gate["failed"]))}</span>')
+    gate = report.gate
+    verdict = ('<span class="pass">passed</span>' if gate.passed
+               else f'<span class="fail">FAILED: {html.escape(", ".join(gate.failed))}</span>')
     mode = ("reference mode: scored against the source model's detections >= "
-            f"{report['reference_threshold']}" if report["mode"] == "reference" else "ground-truth mode")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>detzoo: {html.escape(report['name'])}"
+            f"{report.reference_threshold}" if report.reference else "ground-truth mode")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>detzoo: {html.escape(report.name)}"
              f"</title><style>{STYLE}</style>{PAGE_CHECK}</head><body>",
-             f"<h1>{html.escape(report['name'])}</h1>",
-             f"<p>{html.escape(mode)}; {report['data']['evaluated']} images; gate {verdict} "
-             f"(max drop {gate['max_drop_points']:g} points of {html.escape(gate['metric'])}).</p>",
+             f"<h1>{html.escape(report.name)}</h1>",
+             f"<p>{html.escape(mode)}; {report.data.evaluated} images; gate {verdict} "
+             f"(max drop {gate.max_drop_points:g} points of {html.escape(gate.metric)}).</p>",
              "<h2>Summary</h2>", _table(*summary_rows(report))]
     for title, src in _plots(report):
         parts.append(f"<figure><h2>{html.escape(title)}</h2>{_img_tag(src, title)}</figure>")
@@ -205,8 +201,8 @@ def render_html(folder: Path, report: dict, records, cache_ios: dict, examples: 
     if ex:
         parts.append("<h2>Where the artifacts disagree most with the source</h2>")
         parts.extend(ex)
-    for name, m in report["models"].items():
-        parts.append(f"<h2>{html.escape(name)}: {html.escape(m['framework'])}, {html.escape(m['precision'])}</h2>")
-        parts.append(_table(*coco_rows(m["coco"]["stats"])))
+    for name, m in report.models.items():
+        parts.append(f"<h2>{html.escape(name)}: {html.escape(m.framework)}, {html.escape(m.precision)}</h2>")
+        parts.append(_table(*coco_rows(m.stats)))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -1,153 +1,254 @@
-"""``REPORT.md`` rendered from the ``report.json`` dict alone, so the two can never disagree."""
+"""The verification report: one typed value, made once by ``detzoo verify``.
+
+It owns the report's shape and its JSON (schema ``detzoo.report/1``, unchanged since the first
+release, so every recorded report.json still loads). REPORT.md, report.html, the model card, the
+CLI summary and reverify read this type; none parses a file it wrote. Drops are kept as COCO
+stats are (fractions of AP) and read in points through ``ModelReport.drop_points`` /
+``drop_ci_points``, the unit of the gate and of every table. It does not measure, render or gate:
+verify/core.py fills it, verify/markdown.py, html.py and card.py render it.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from detzoo.coco import STAT_ROWS
+from detzoo.detections import Agreement
 from detzoo.errors import DetzooError
 
-
-def load_report(folder) -> dict:
-    """An entry's ``report.json`` (written by ``detzoo verify``)."""
-    path = Path(folder) / "report.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DetzooError(f"cannot read {path} ({type(e).__name__}); run 'detzoo verify {folder}' first") from None
+REPORT_JSON = "report.json"
+REPORT_SCHEMA = "detzoo.report/1"
 
 
-def _f(v, digits=3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
+def _known(cls, d: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
 
 
-def _drop_cell(m: dict) -> str:
-    d = m.get("drop", {}).get("AP")
-    if d is None:
-        return "n/a"
-    cell = f"{d * 100:+.2f}"
-    ci = m.get("drop_ci")
-    if ci:
-        cell += f" [{ci['low'] * 100:+.2f}, {ci['high'] * 100:+.2f}]"
-    return cell
+@dataclass
+class CocoSummary:
+    """What a report keeps of one COCO evaluation: the 12 stats, per-category AP and the PR curves."""
+
+    stats: dict                  # stat name -> value (AP units; -1 where COCO has no data)
+    per_category: list           # [{"id", "name", "AP", "AP50"}]
+    num_images: int
+    num_detections: int
+    evaluator: str = "pycocotools"
+    recall_thresholds: list = field(default_factory=list)
+    pr_curves: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> "CocoSummary | None":
+        return None if d is None else cls(**_known(cls, d))
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
-def _agree_cell(m: dict) -> str:
-    fid = m.get("fidelity", {}).get("stats", {}).get("AP") if m.get("fidelity") else None
-    ag = m.get("agreement")
-    parts = [_f(fid)] if fid is not None else []
-    if ag:
-        parts.append(f"{ag['matched_share'] * 100:.1f}%")
-    return " / ".join(parts) or "n/a"
+@dataclass
+class ModelLatency:
+    """One model's timed calls (verify/latency.py's LatencyStats) and the CPU class they ran on."""
+
+    runs: int
+    warmup: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    throughput_ips: float
+    batch: int = 1
+    cpu_class: str | None = None
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> "ModelLatency | None":
+        return None if d is None else cls(**_known(cls, d))
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
-def _latency_cell(m: dict) -> str:
-    lat = m.get("latency")
-    return f"{lat['p50_ms']:.1f} / {lat['p90_ms']:.1f}" if lat else "n/a"
+@dataclass
+class ModelReport:
+    """The source or one artifact: what ran, how it scored, how fast."""
+
+    framework: str
+    precision: str
+    file: str
+    sha256: str
+    size: int
+    coco: CocoSummary
+    fidelity: CocoSummary | None = None   # against the source's confident detections
+    agreement: Agreement | None = None    # artifacts only
+    drop: dict = field(default_factory=dict)   # stat name -> source - model, in AP units like the stats
+    drop_ci: dict | None = None           # paired bootstrap of the AP drop: low, high (AP units), resamples...
+    latency: ModelLatency | None = None
+    speedup: float | None = None          # source p50 / this p50
+    inferences: int = 0
+    cache_hits: int = 0
+    warnings: list = field(default_factory=list)
+
+    @property
+    def stats(self) -> dict:
+        return self.coco.stats
+
+    @property
+    def drop_points(self) -> float | None:
+        """The AP drop against the source in points (x100), the gate's unit; None if COCO had no data."""
+        d = self.drop.get("AP")
+        return None if d is None else d * 100
+
+    @property
+    def drop_ci_points(self) -> tuple[float, float] | None:
+        return None if not self.drop_ci else (self.drop_ci["low"] * 100, self.drop_ci["high"] * 100)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelReport":
+        ag = d.get("agreement")
+        return cls(**{**_known(cls, d), "coco": CocoSummary.from_json(d["coco"]),
+                      "fidelity": CocoSummary.from_json(d.get("fidelity")),
+                      "agreement": Agreement(**_known(Agreement, ag)) if ag else None,
+                      "latency": ModelLatency.from_json(d.get("latency"))})
+
+    def to_json(self) -> dict:
+        return {"framework": self.framework, "precision": self.precision, "file": self.file, "sha256": self.sha256,
+                "size": self.size, "coco": self.coco.to_json(),
+                "fidelity": self.fidelity.to_json() if self.fidelity else None,
+                "agreement": self.agreement.to_json() if self.agreement else None,
+                "drop": dict(self.drop), "drop_ci": self.drop_ci,
+                "latency": self.latency.to_json() if self.latency else None, "speedup": self.speedup,
+                "inferences": self.inferences, "cache_hits": self.cache_hits, "warnings": list(self.warnings)}
 
 
-def markdown_table(head: list, rows: list) -> list[str]:
-    return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+@dataclass
+class DataInfo:
+    """The images: where from, how they were fed, which were evaluated and which skipped."""
+
+    images_dir: str
+    annotations: str | None
+    limit: int | None
+    feed: str
+    feed_size: list | None
+    requested: int
+    evaluated: int
+    image_ids: list
+    skipped: list
+
+    @classmethod
+    def from_json(cls, d: dict) -> "DataInfo":
+        return cls(**{"feed": "", "feed_size": None, **_known(cls, d)})
 
 
-def coco_rows(stats: dict) -> tuple[list, list]:
-    """(header, rows) of the 12 stats in the zoo's table format."""
-    rows = [["Average Precision (AP)" if kind == "AP" else "Average Recall (AR)", iou, area, max_dets,
-             f"{stats[name]:.3f}"] for name, kind, iou, area, max_dets in STAT_ROWS]
-    return ["Metric", "IoU", "Area", "maxDets", "Value"], rows
+@dataclass
+class Gate:
+    """The accuracy budget: an artifact fails when its AP drop exceeds ``max_drop_points``."""
+
+    metric: str                # "AP" (ground truth) or "fidelity AP" (reference mode)
+    max_drop_points: float
+    failed: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    @classmethod
+    def judge(cls, metric: str, max_drop_points: float, models: dict) -> "Gate":
+        failed = [n for n, m in models.items()
+                  if n != "source" and m.drop_points is not None and m.drop_points > max_drop_points + 1e-9]
+        return cls(metric, max_drop_points, failed)
+
+    def to_json(self) -> dict:
+        return {"metric": self.metric, "max_drop_points": self.max_drop_points, "failed": list(self.failed),
+                "passed": self.passed}
 
 
-def coco_table(stats: dict) -> list[str]:
-    return markdown_table(*coco_rows(stats))
+@dataclass
+class LatencySetup:
+    """How latency was measured (the same for every model)."""
+
+    runs: int
+    warmup: int
+    images: list
+    threads: int
+    inter_op_threads: int = 1
+    batch: int = 1
+    timed: str = "model call only"
+    order: str = "round-robin over models"
+    cpu_class: str | None = None
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> "LatencySetup | None":
+        return None if d is None else cls(**_known(cls, d))
 
 
-def summary_rows(r: dict) -> tuple[list, list]:
-    """(header, rows): one row per model, shared by REPORT.md, report.html and the model card."""
-    metric = "fidelity AP" if r["mode"] == "reference" else "mAP"
-    head = ["variant", "framework", "precision", metric, "drop, points [95% CI]", "AP50", "fidelity / agreement",
-            "p50 / p90 ms", "speed-up", "size MB"]
-    rows = []
-    for name, m in r["models"].items():
-        s = m["coco"]["stats"]
-        su = m.get("speedup")
-        rows.append([name, m["framework"], m["precision"], _f(s["AP"]), "-" if name == "source" else _drop_cell(m),
-                     _f(s["AP50"]), "-" if name == "source" else _agree_cell(m), _latency_cell(m),
-                     "n/a" if su is None else f"{su:.2f}x", f"{m['size'] / 1e6:.2f}"])
-    return head, rows
+@dataclass
+class VerifyReport:
+    """Everything ``detzoo verify`` measured on one entry; ``report.json`` is its ``to_json``."""
+
+    name: str
+    created: str
+    mode: str                    # "ground_truth" or "reference"
+    reference_threshold: float
+    data: DataInfo
+    gate: Gate
+    models: dict                 # name -> ModelReport; "source" first
+    bootstrap: dict | None = None   # {"resamples", "seed", "confidence", "paired_over"}
+    latency: LatencySetup | None = None
+    notes: list = field(default_factory=list)
+    threads: int = 1
+    allow_unsafe_ops: bool = False
+    manifest: dict = field(default_factory=dict)   # the manifest as read: its sha256, source, variants
+    machine: dict = field(default_factory=dict)
+    tool_versions: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    schema: str = REPORT_SCHEMA
+
+    @property
+    def passed(self) -> bool:
+        return self.gate.passed
+
+    @property
+    def reference(self) -> bool:
+        return self.mode == "reference"
+
+    @property
+    def metric(self) -> str:
+        """The first summary column's name: what AP means in this mode."""
+        return "fidelity AP" if self.reference else "mAP"
+
+    @property
+    def cpu_class(self) -> str | None:
+        return self.machine.get("cpu_class")
+
+    def to_json(self) -> dict:
+        return {"schema": self.schema, "name": self.name, "created": self.created, "mode": self.mode,
+                "reference_threshold": self.reference_threshold, "data": asdict(self.data),
+                "gate": self.gate.to_json(), "models": {n: m.to_json() for n, m in self.models.items()},
+                "bootstrap": self.bootstrap, "latency": asdict(self.latency) if self.latency else None,
+                "notes": list(self.notes), "threads": self.threads, "allow_unsafe_ops": self.allow_unsafe_ops,
+                "manifest": self.manifest, "machine": self.machine, "tool_versions": self.tool_versions,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "VerifyReport":
+        if d.get("schema") != REPORT_SCHEMA:
+            raise DetzooError(f"report schema {d.get('schema')!r} is not {REPORT_SCHEMA!r}")
+        g = d["gate"]
+        return cls(**{**_known(cls, d), "data": DataInfo.from_json(d["data"]),
+                      "gate": Gate(g["metric"], g["max_drop_points"], list(g.get("failed", []))),
+                      "models": {n: ModelReport.from_json(m) for n, m in d["models"].items()},
+                      "latency": LatencySetup.from_json(d.get("latency"))})
+
+    @classmethod
+    def load(cls, folder) -> "VerifyReport":
+        """An entry's ``report.json`` (written by ``detzoo verify``)."""
+        path = Path(folder) / REPORT_JSON
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, DetzooError) as e:
+            raise DetzooError(f"cannot read {path} ({type(e).__name__}); run 'detzoo verify {folder}' "
+                              "first") from None
 
 
-def summary_table(r: dict) -> list[str]:
-    return markdown_table(*summary_rows(r))
-
-
-def render_summary(r: dict) -> list[str]:
-    """REPORT.md's head (title, mode, gate, the summary table and its notes): what the CLI prints
-    when a check fails, rendered from the report itself."""
-    ref = r["mode"] == "reference"
-    data = r["data"]
-    metric = "fidelity AP" if ref else "mAP"
-    out = [f"# Verification report: {r['name']}", ""]
-    if ref:
-        out += [f"**Mode: reference (no annotations).** The source model's own detections scoring >= "
-                f"{r['reference_threshold']} are taken as ground truth, and every model's full detections are "
-                f"scored against them with COCO AP: \"{metric}\" below measures how faithfully a model reproduces "
-                "the source, not accuracy on labelled data (the source scores 1.0 by construction). "
-                f"Images: {data['evaluated']} from `{data['images_dir']}`.", ""]
-    else:
-        lim = f"the first {data['limit']} images by image id" if data["limit"] else "all images"
-        evaluator = next(iter(r["models"].values()))["coco"].get("evaluator", "pycocotools")
-        out += [f"**Mode: ground truth.** COCO box AP ({evaluator}) against `{data['annotations']}` on {lim} "
-                f"in `{data['images_dir']}`: {data['evaluated']} images evaluated.", ""]
-    if data["skipped"]:
-        out += [f"{len(data['skipped'])} image(s) could not be read and were skipped (listed below).", ""]
-    gate = r["gate"]
-    verdict = "passed" if gate["passed"] else "FAILED (" + ", ".join(gate["failed"]) + ")"
-    out += [f"Gate: {verdict}. Largest allowed {metric} drop: {gate['max_drop_points']:g} points.", ""]
-
-    out += summary_table(r)
-    out.append("")
-    notes = [f"drop = source - model, in points (x100); fidelity = COCO AP against the source's detections "
-             f">= {r['reference_threshold']}; agreement = share of those source detections matched by the "
-             "model (same class, IoU >= 0.5)."]
-    if r.get("bootstrap"):
-        b = r["bootstrap"]
-        notes.append(f"CI: paired bootstrap over images, {b['resamples']} resamples (seed {b['seed']}).")
-    lat = r.get("latency")
-    if lat:
-        mach = r["machine"]
-        b = lat.get("batch", 1)
-        per = f"batch {b} (ms per call of {b} images; images/s = {b} x 1000 / mean)" if b > 1 else "batch 1"
-        notes.append(f"Latency: {per}, {lat['runs']} timed runs per model after {lat['warmup']} warm-up runs on "
-                     f"{len(lat['images'])} fixed images, round-robin over models; {lat['threads']} intra-op "
-                     f"thread(s) and 1 inter-op thread for TensorFlow and ONNX Runtime alike; model call only. "
-                     f"CPU: {mach.get('cpu')} ({mach.get('cpu_count')} logical cores; "
-                     f"{', '.join(mach.get('flags', [])) or 'no AVX2/AVX-512 flags'}; class "
-                     f"{mach.get('cpu_class', 'unknown')}).")
-    if r["data"].get("feed"):
-        notes.append(f"Feeding: {r['data']['feed']}.")
-    notes += [f"Note: {n}." for n in r.get("notes", [])]
-    return out + notes + [""]
-
-
-def render_markdown(r: dict) -> str:
-    data = r["data"]
-    out = render_summary(r)
-    for name, m in r["models"].items():
-        out += [f"## {name}: {m['framework']}, {m['precision']} (`{m['file']}`, sha256 {m['sha256'][:16]}...)", ""]
-        out += coco_table(m["coco"]["stats"]) + [""]
-        cats = m["coco"]["per_category"]
-        if 1 < len(cats) <= 100:
-            out += ["| category | AP | AP50 |", "|---|---|---|"]
-            out += [f"| {c['name']} ({c['id']}) | {c['AP']:.3f} | {c['AP50']:.3f} |" for c in cats]
-            out.append("")
-        for w in m.get("warnings", []):
-            out.append(f"- warning: {w}")
-        if m.get("warnings"):
-            out.append("")
-    if data["skipped"]:
-        out += ["## Skipped images", ""]
-        out += [f"- `{s['file']}` (id {s['image_id']}): {s['error']}" for s in data["skipped"]]
-        out.append("")
-    return "\n".join(out)

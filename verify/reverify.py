@@ -17,7 +17,7 @@ from detzoo.cpu import cpu_class
 from detzoo.errors import DetzooError
 from detzoo.fsutil import sha256_path
 from detzoo.manifest import MANIFEST, Manifest, tool_versions
-from detzoo.verify.report import load_report
+from detzoo.verify.report import VerifyReport
 
 DEFAULT_TOLERANCE = 0.002  # AP units: 0.2 points, above run-to-run noise of a deterministic CPU pass
 
@@ -81,16 +81,16 @@ def reverify(folder, tolerance: float = DEFAULT_TOLERANCE, console=None, allow_u
 
     folder = Path(folder)
     m = Manifest.load(folder)
-    recorded = load_report(folder)
+    recorded = VerifyReport.load(folder)
     result = ReverifyResult(integrity=_integrity(folder, m))
     if result.integrity:
         return result
-    data = recorded["data"]
-    variants = [n for n in recorded["models"] if n != "source"]
-    was, here = (recorded.get("machine") or {}).get("cpu_class"), cpu_class()
+    data = recorded.data
+    variants = [n for n in recorded.models if n != "source"]
+    was, here = recorded.cpu_class, cpu_class()
     runs = 0
     if was and was != here:  # latency belongs to a CPU class: measure it here instead of comparing
-        runs = (recorded.get("latency") or {}).get("runs") or 50
+        runs = (recorded.latency.runs if recorded.latency else 0) or 50
         result.cpu_note = (f"recorded on a {was} CPU, this machine is {here}: latency re-measured here "
                            f"({runs} runs), not compared with the recorded figures")
     with tempfile.TemporaryDirectory(prefix="detzoo-reverify-") as tmp:
@@ -102,29 +102,29 @@ def reverify(folder, tolerance: float = DEFAULT_TOLERANCE, console=None, allow_u
             except OSError:
                 shutil.copy2(folder / v.file, scratch / v.file)
         # An infinite budget: drift, not the gate, is what reverify judges.
-        now = verify(VerifyConfig(folder=scratch, images=data["images_dir"], annotations=data.get("annotations"),
-                                  limit=data.get("limit"), threads=recorded.get("threads", 1), latency_runs=runs,
+        now = verify(VerifyConfig(folder=scratch, images=data.images_dir, annotations=data.annotations,
+                                  limit=data.limit, threads=recorded.threads, latency_runs=runs,
                                   max_drop=float("inf"), variants=variants, use_cache=False,
-                                  reference_threshold=recorded["reference_threshold"],
-                                  allow_unsafe_ops=allow_unsafe_ops, feed_size=data.get("feed_size"),
-                                  batch=(recorded.get("latency") or {}).get("batch", 1)), console).report
-    result.images = now["data"]["evaluated"]
+                                  reference_threshold=recorded.reference_threshold,
+                                  allow_unsafe_ops=allow_unsafe_ops, feed_size=data.feed_size,
+                                  batch=recorded.latency.batch if recorded.latency else 1), console).report
+    result.images = now.data.evaluated
     if runs:
-        result.latency = {k: e["latency"]["p50_ms"] for k, e in now["models"].items() if e.get("latency")}
-    if now["data"]["image_ids"] != data["image_ids"]:
-        result.drift.append(Drift("data", "image ids", len(data["image_ids"]), len(now["data"]["image_ids"]), 0))
-    for name, old in recorded["models"].items():
-        new = now["models"].get(name)
+        result.latency = {k: e.latency.p50_ms for k, e in now.models.items() if e.latency}
+    if now.data.image_ids != data.image_ids:
+        result.drift.append(Drift("data", "image ids", len(data.image_ids), len(now.data.image_ids), 0))
+    for name, old in recorded.models.items():
+        new = now.models.get(name)
         if new is None:
             continue
-        ci = old.get("drop_ci") or {}
-        ci_half = (ci["high"] - ci["low"]) / 2 if ci else 0.0
-        for metric, value in old["coco"]["stats"].items():
+        ci = old.drop_ci or {}
+        ci_half = (ci["high"] - ci["low"]) / 2 if ci else 0.0  # AP units, as the stats
+        for metric, value in old.stats.items():
             allowed = max(tolerance, ci_half if metric == "AP" else 0.0)
-            cur = new["coco"]["stats"][metric]
+            cur = new.stats[metric]
             if abs(cur - value) > allowed + 1e-12:
                 result.drift.append(Drift(name, metric, value, cur, allowed))
-    old_tools, cur_tools = recorded.get("tool_versions", {}), tool_versions()
+    old_tools, cur_tools = recorded.tool_versions, tool_versions()
     result.changed_tools = {k: (old_tools[k], cur_tools.get(k)) for k in old_tools if old_tools[k] != cur_tools.get(k)}
     return result
 

@@ -75,52 +75,50 @@ class ShardResult:
 PATHS = ("images_dir", "annotations")  # may differ between machines; the image ids and contents may not
 
 
-def fingerprint(cfg, manifest: Manifest, names: list, records: list, images_dir) -> dict:
-    """What a shard ran on; every shard of one verification must have the same (paths aside: the
-    cache keys each image by its content), and so must merge."""
-    ids = ",".join(str(r.image_id) for r in records)
+def fingerprint(p) -> dict:
+    """What a shard ran on (a ``VerifyPlan``); every shard of one verification must have the same
+    (paths aside: the cache keys each image by its content), and so must merge."""
+    cfg = p.cfg
+    ids = ",".join(str(r.image_id) for r in p.records)
     return {
-        "images_dir": str(Path(images_dir).resolve()),
+        "images_dir": str(Path(p.images_dir).resolve()),
         "annotations": str(Path(cfg.annotations).resolve()) if cfg.annotations else None,
         "limit": cfg.limit,
         "image_ids_sha256": hashlib.sha256(ids.encode()).hexdigest(),
-        "models": {"source": manifest.source["sha256"], **{n: manifest.variants[n].sha256 for n in names}},
-        "io": manifest.io.to_dict(),
+        "models": {"source": p.manifest.source["sha256"], **{n: p.manifest.variants[n].sha256 for n in p.names}},
+        "io": p.manifest.io.to_dict(),
         "feed_size": list(cfg.feed_size) if cfg.feed_size else None,
     }
 
 
 def verify_shard(cfg, shard: Shard, console=None) -> ShardResult:
-    """Run every model of ``cfg`` on ``shard``'s images into the detection cache; write its record last."""
+    """Run every model of ``cfg`` on ``shard``'s images into the detection cache; write its record last.
+
+    The verify pipeline's plan and local detection on 1/N of the images, without evaluation."""
     from detzoo.source import open_source
     from detzoo.verify.accuracy import collect_detections
-    from detzoo.verify.core import Progress, verify_records, select_variants, open_models
+    from detzoo.verify.core import Progress, open_models, plan
 
     if not cfg.use_cache:
         raise DetzooError("a shard's output is its detection cache; it cannot run with the cache off")
     t0 = time.perf_counter()
-    folder = cfg.folder
-    manifest = Manifest.load(folder)
-    names = select_variants(manifest, cfg.variants)
-    artifacts = {n: manifest.checked_artifact(folder, n) for n in names}
-    _, _, records, images_dir = verify_records(cfg)
-    mine = shard.select(records)
-    record_path = folder / SHARDS_DIR / f"{shard.tag}.json"
+    p = plan(cfg)
+    mine = shard.select(p.records)
+    record_path = p.folder / SHARDS_DIR / f"{shard.tag}.json"
     record_path.unlink(missing_ok=True)  # until this run completes, this shard is not done
     evaluated, skipped, inferences = 0, [], {}
     if mine:
-        with open_source(manifest.source["path"], expected_sha256=manifest.source.get("sha256")) as src, \
+        with open_source(p.manifest.source["path"], expected_sha256=p.manifest.source.get("sha256")) as src, \
                 contextlib.ExitStack() as stack:
-            models = open_models(cfg, manifest, names, artifacts, src, stack, cache_tag=shard.tag)
+            models = open_models(p, src, stack, cache_tag=shard.tag)
             with Progress(console).task(f"shard {shard} ({len(mine)} images x {len(models)} models)",
                                          len(mine)) as advance:
                 collected = collect_detections(models, mine, advance, feed_size=cfg.feed_size)
         evaluated, skipped, inferences = len(collected.sizes), collected.skipped, collected.inferences
     seconds = time.perf_counter() - t0
     atomic_write_json(record_path, {
-        "schema": SHARD_SCHEMA, "shard": str(shard), "created": now(),
-        "fingerprint": fingerprint(cfg, manifest, names, records, images_dir),
-        "variants": names, "threads": cfg.threads,
+        "schema": SHARD_SCHEMA, "shard": str(shard), "created": now(), "fingerprint": fingerprint(p),
+        "variants": p.names, "threads": cfg.threads,
         "images": len(mine), "evaluated": evaluated, "skipped": skipped, "inferences": inferences,
         "seconds": round(seconds, 3),
     })
@@ -179,7 +177,7 @@ def merge(folder, *, images=None, annotations=None, max_drop: float = 1.0, boots
     arguments are the evaluation options. ``threads`` (default: the shards') is recorded and used
     for latency, which is measured here only if ``latency_runs`` > 0 (the shards' machines may differ).
     """
-    from detzoo.verify.core import VerifyConfig, verify_records, select_variants, verify
+    from detzoo.verify.core import VerifyConfig, plan, run
 
     folder = Path(folder)
     recs = shard_group(folder)
@@ -192,10 +190,8 @@ def merge(folder, *, images=None, annotations=None, max_drop: float = 1.0, boots
                        bootstrap=bootstrap, seed=seed, variants=list(first["variants"]),
                        reference_threshold=reference_threshold, cache_only=True, allow_unsafe_ops=allow_unsafe_ops,
                        feed_size=fp.get("feed_size"))
-    manifest = Manifest.load(folder)
-    names = select_variants(manifest, cfg.variants)
-    _, _, records, images_dir = verify_records(cfg)
-    now_fp = fingerprint(cfg, manifest, names, records, images_dir)
+    p = plan(cfg, check_artifacts=False)
+    now_fp = fingerprint(p)
     changed = sorted(k for k in fp if k not in PATHS and now_fp.get(k) != fp[k])
     if changed:
         what = {"models": "the manifest's models changed", "image_ids_sha256": "the image set changed",
@@ -203,4 +199,4 @@ def merge(folder, *, images=None, annotations=None, max_drop: float = 1.0, boots
         raise DetzooError(f"shards of {folder} no longer match it: "
                           f"{'; '.join(what.get(k, k + ' changed') for k in changed)} since they ran; "
                           "re-run the shards")
-    return verify(cfg, console)
+    return run(p.check_artifacts(), console)

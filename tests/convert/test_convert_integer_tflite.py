@@ -173,7 +173,7 @@ def test_build_verifies_the_integer_conversion_against_its_tflite(ssd_tflite, tm
     from detzoo.build import BuildConfig, build
 
     res = build(BuildConfig(out=tmp_path / "entry", source=ssd_tflite("int8"), latency_runs=0))
-    report = res.report
+    report = res.report.to_json()
     assert set(report["models"]) == {"source", "int8"}
     assert report["models"]["source"]["precision"] == "int8" and report["models"]["source"]["framework"] == "tflite"
     m = report["models"]["int8"]
@@ -194,7 +194,7 @@ def test_add_integer_conversion_to_a_float_entry(converted, tmp_path):
     shutil.copytree(float_out, entry)
     v = add(entry, int_out / int_res.manifest.variants["int8"].file, "int8-tflite").variant
     assert v.precision == "int8"
-    report = verify(VerifyConfig(folder=entry, latency_runs=0, max_drop=100.0)).report
+    report = verify(VerifyConfig(folder=entry, latency_runs=0, max_drop=100.0)).report.to_json()
     m = report["models"]["int8-tflite"]
     assert report["models"]["source"]["precision"] == "fp32"
     assert m["agreement"]["reference"] > 0 and 0 < m["fidelity"]["stats"]["AP"] <= 1

@@ -111,6 +111,6 @@ def test_sigkill_mid_pass_leaves_readable_cache_and_resumes(shapes_entry, shapes
     done = DetectionCache(shapes_entry, sha, Manifest.load(shapes_entry).io.to_dict())
     assert 3 <= len(done.entries) < 24
     r = verify(VerifyConfig(folder=shapes_entry, images=shapes[0], annotations=shifted_annotations,
-                            latency_runs=0)).report
+                            latency_runs=0)).report.to_json()
     assert r["models"]["fp32"]["inferences"] == 24 - len(done.entries)
     assert r["data"]["evaluated"] == 24 and r["models"]["fp32"]["drop"]["AP"] == pytest.approx(0, abs=1e-9)

@@ -34,8 +34,8 @@ def test_ray_equals_unsharded(local_ray, shapes_entry_dir, shapes, shifted_annot
         add_shifted_variant(tmp_path / name)
         entries.append(tmp_path / name)
     kw = dict(images=shapes[0], annotations=shifted_annotations, latency_runs=0, max_drop=100.0)
-    want = verify(VerifyConfig(folder=entries[0], **kw)).report
-    got = verify_ray(VerifyConfig(folder=entries[1], **kw), RayOptions(shards=3)).report
+    want = verify(VerifyConfig(folder=entries[0], **kw)).report.to_json()
+    got = verify_ray(VerifyConfig(folder=entries[1], **kw), RayOptions(shards=3)).report.to_json()
     assert comparable(got) == comparable(want)
     assert all(m["inferences"] == 0 for m in got["models"].values())  # every detection came from the tasks
     # 3 models x 3 shards: one cache file, written by the driver only

@@ -53,7 +53,7 @@ def test_parse_and_partition():
 def test_sharded_merged_equals_unsharded_ground_truth(shapes_entry_dir, shapes, shifted_annotations, tmp_path, n):
     whole, sharded = _twins(shapes_entry_dir, tmp_path)
     kw = dict(images=shapes[0], annotations=shifted_annotations, latency_runs=0, max_drop=100.0, bootstrap=20)
-    want = verify(VerifyConfig(folder=whole, **kw)).report
+    want = verify(VerifyConfig(folder=whole, **kw)).report.to_json()
 
     ran = 0
     for k in ((3, 1, 2) if n == 3 else (1,)):  # in any order
@@ -63,7 +63,7 @@ def test_sharded_merged_equals_unsharded_ground_truth(shapes_entry_dir, shapes, 
     assert ran == want["data"]["evaluated"]
     assert not (sharded / "report.json").exists()  # a shard writes no report
 
-    got = merge(sharded, max_drop=100.0, bootstrap=20).report
+    got = merge(sharded, max_drop=100.0, bootstrap=20).report.to_json()
     assert all(m["inferences"] == 0 for m in got["models"].values())  # nothing recomputed
     assert comparable(got) == comparable(want)
     assert got["models"]["shifted"]["drop"]["AP"] > 0.05  # a real, non-trivial comparison
@@ -75,11 +75,11 @@ def test_reference_mode_with_a_broken_image(shapes_entry_dir, shapes, tmp_path):
     shutil.copytree(shapes[0], images)
     (images / "0_broken.png").write_bytes(b"not a png")
     whole, sharded = _twins(shapes_entry_dir, tmp_path)
-    want = verify(VerifyConfig(folder=whole, images=images, latency_runs=0, max_drop=100.0)).report
+    want = verify(VerifyConfig(folder=whole, images=images, latency_runs=0, max_drop=100.0)).report.to_json()
     assert want["data"]["skipped"]
     for k in (1, 2):
         verify_shard(VerifyConfig(folder=sharded, images=images), Shard(k, 2))
-    got = merge(sharded, max_drop=100.0).report
+    got = merge(sharded, max_drop=100.0).report.to_json()
     assert comparable(got) == comparable(want)
 
 

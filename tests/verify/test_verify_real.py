@@ -11,7 +11,7 @@ from detzoo.verify import VerifyConfig, verify
 @pytest.mark.slow
 def test_real_model_reference_mode_fidelity(real_fp32_copy):
     res = verify(VerifyConfig(folder=real_fp32_copy, latency_runs=3, bootstrap=100))
-    r = res.report
+    r = res.report.to_json()
     assert res.passed and r["mode"] == "reference" and r["reference_threshold"] == 0.5
     assert r["data"]["images_dir"] == str(demo_dir("eval"))
     assert r["data"]["evaluated"] == len(list_images(demo_dir("eval"))) and not r["data"]["skipped"]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detzoo.coco import STAT_NAMES, load_instances
+from detzoo.coco.evaluation import STAT_NAMES
+from detzoo.coco.instances import load_instances
 from detzoo.detections import Detections
 from detzoo.errors import CheckFailed
 from detzoo.manifest import Manifest
@@ -50,7 +51,7 @@ def _raw_pycocotools(ann_path, dets: dict, img_ids) -> list:
 
 def test_ground_truth_mode_real_map_zero_drop_equals_pycocotools(shapes_entry, shapes, shifted_annotations):
     res = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations))
-    r = res.report
+    r = res.report.to_json()
     assert r["mode"] == "ground_truth" and res.passed
     src, art = r["models"]["source"], r["models"]["fp32"]
     assert 0.2 < src["coco"]["stats"]["AP"] < 0.9  # a real, non-trivial mAP
@@ -65,7 +66,7 @@ def test_ground_truth_mode_real_map_zero_drop_equals_pycocotools(shapes_entry, s
 
 
 def test_exact_annotations_give_one(shapes_entry, shapes):
-    r = verify(_gt_cfg(shapes_entry, shapes, shapes[1])).report
+    r = verify(_gt_cfg(shapes_entry, shapes, shapes[1])).report.to_json()
     assert r["models"]["source"]["coco"]["stats"]["AP"] == 1.0
     assert r["models"]["fp32"]["coco"]["stats"]["AP"] == 1.0
 
@@ -93,28 +94,28 @@ def test_report_files_and_manifest(shapes_entry, shapes, shifted_annotations):
 
 
 def test_limit_takes_first_ids_ascending(shapes_entry, shapes, shifted_annotations):
-    r = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations, limit=5)).report
+    r = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations, limit=5)).report.to_json()
     want = sorted(i["id"] for i in load_instances(shifted_annotations)["images"])[:5]
     assert r["data"]["image_ids"] == want and r["data"]["evaluated"] == 5
     assert r["models"]["source"]["coco"]["num_images"] == 5
 
 
 def test_second_run_uses_cache_and_gives_identical_numbers(shapes_entry, shapes, shifted_annotations):
-    first = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report
+    first = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report.to_json()
     assert first["models"]["source"]["inferences"] == 24
-    second = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report
+    second = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report.to_json()
     for name in ("source", "fp32"):
         assert second["models"][name]["inferences"] == 0 and second["models"][name]["cache_hits"] == 24
         assert second["models"][name]["coco"] == first["models"][name]["coco"]
 
 
 def test_torn_cache_line_is_tolerated_and_rerun(shapes_entry, shapes, shifted_annotations):
-    first = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report
+    first = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report.to_json()
     m = Manifest.load(shapes_entry)
     (path,) = (shapes_entry / CACHE_DIR).glob(f"{m.variants['fp32'].sha256}-*.jsonl")
     data = path.read_bytes()
     path.write_bytes(data[:-40])  # as if killed in the middle of the last write
-    again = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report
+    again = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report.to_json()
     assert again["models"]["fp32"]["inferences"] == 1 and again["models"]["source"]["inferences"] == 0
     assert again["models"]["fp32"]["coco"] == first["models"]["fp32"]["coco"]
     lines = path.read_text().splitlines()
@@ -128,7 +129,7 @@ def test_changed_image_under_same_id_is_not_a_cache_hit(shapes_entry, shapes, sh
     victim = sorted(images.iterdir())[0]
     Image.open(victim).transpose(Image.FLIP_LEFT_RIGHT).save(victim)
     r = verify(VerifyConfig(folder=shapes_entry, images=images, annotations=shifted_annotations,
-                            latency_runs=0)).report
+                            latency_runs=0)).report.to_json()
     assert r["models"]["source"]["inferences"] == 1 and r["models"]["source"]["cache_hits"] == 23
 
 
@@ -139,7 +140,7 @@ def test_corrupt_image_skipped_and_listed(shapes_entry, shapes, shifted_annotati
     victim.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
     res = verify(VerifyConfig(folder=shapes_entry, images=images, annotations=shifted_annotations,
                               latency_runs=0))
-    r = res.report
+    r = res.report.to_json()
     assert r["data"]["evaluated"] == 23 and [s["file"] for s in r["data"]["skipped"]] == [victim.name]
     assert victim.name in res.report_md.read_text()
     assert r["models"]["source"]["coco"]["num_images"] == 23 and res.passed
@@ -152,9 +153,9 @@ def test_rgba_and_grayscale_files_fed_as_the_source_expects(shapes_entry, shapes
     files = sorted(images.iterdir())
     Image.open(files[0]).convert("RGBA").save(files[0])
     Image.open(files[1]).convert("L").save(files[1])
-    base = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report
+    base = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report.to_json()
     r = verify(VerifyConfig(folder=shapes_entry, images=images, annotations=shifted_annotations,
-                            latency_runs=0)).report
+                            latency_runs=0)).report.to_json()
     assert r["data"]["evaluated"] == 24 and not r["data"]["skipped"]
     assert r["models"]["source"]["inferences"] == 2  # only the two changed files ran again
     m = Manifest.load(shapes_entry)
@@ -179,7 +180,7 @@ def test_categories_never_emitted_warn(shapes_entry, shapes, shifted_annotations
     ann.write_text(json.dumps(d))
     res = verify(_gt_cfg(shapes_entry, shapes, ann))
     assert res.passed and any("never emits categories [5]" in w for w in res.warnings)
-    assert any("[5]" in w for w in res.report["models"]["fp32"]["warnings"])
+    assert any("[5]" in w for w in res.report.to_json()["models"]["fp32"]["warnings"])
     assert "never emits categories [5]" in res.report_md.read_text()
 
 
@@ -197,7 +198,7 @@ def test_gate_names_the_variant_over_budget_and_keeps_the_report(shapes_entry, s
     assert Manifest.load(shapes_entry).results["verify"]["gate"]["failed"] == ["shifted"]
     # --variants picks what is verified; the fp32 artifact alone passes
     ok = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations, variants=["fp32"]))
-    assert ok.passed and list(ok.report["models"]) == ["source", "fp32"]
+    assert ok.passed and list(ok.report.to_json()["models"]) == ["source", "fp32"]
 
 
 def test_gate_exit_codes_through_cli(shapes_entry, shapes, shifted_annotations):
@@ -218,7 +219,7 @@ def test_gate_exit_codes_through_cli(shapes_entry, shapes, shifted_annotations):
 
 
 def test_latency_recorded(shapes_entry, shapes, shifted_annotations):
-    r = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations, latency_runs=6, threads=2, limit=4)).report
+    r = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations, latency_runs=6, threads=2, limit=4)).report.to_json()
     for name in ("source", "fp32"):
         lat = r["models"][name]["latency"]
         assert lat["runs"] == 6 and 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
@@ -236,8 +237,8 @@ def test_tflite_zero_based_twin_scores_the_same(tflite_entry_dir, shapes_entry, 
     shutil.copytree(tflite_entry_dir, lite)
     m = Manifest.load(lite)  # the source counts from 0; the artifact gives dataset ids itself
     assert m.source_spec().class_offset == 1 and m.io.class_offset == 0
-    a = verify(_gt_cfg(lite, shapes, shifted_annotations)).report
-    b = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report
+    a = verify(_gt_cfg(lite, shapes, shifted_annotations)).report.to_json()
+    b = verify(_gt_cfg(shapes_entry, shapes, shifted_annotations)).report.to_json()
     assert a["models"]["source"]["framework"] == "tflite"
     assert a["models"]["source"]["coco"]["stats"] == b["models"]["source"]["coco"]["stats"]
     assert a["models"]["fp32"]["coco"]["stats"] == b["models"]["fp32"]["coco"]["stats"]

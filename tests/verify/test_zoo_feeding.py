@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from detzoo.coco import STAT_NAMES
+from detzoo.coco.evaluation import STAT_NAMES
 from detzoo.convert import ConvertConfig, convert
 from detzoo.errors import DetzooError
 from detzoo.manifest import Manifest
@@ -59,7 +59,7 @@ def test_every_variant_exists_with_the_true_input_shape(zoo_entry):
 def test_zoo_runner_prints_what_verify_feed_size_reports_for_every_artifact(zoo_copy, shapes, shifted_annotations):
     images = shapes[0]
     report = verify(VerifyConfig(folder=zoo_copy, images=images, annotations=shifted_annotations,
-                                 latency_runs=0, feed_size=FEED, max_drop=100)).report
+                                 latency_runs=0, feed_size=FEED, max_drop=100)).report.to_json()
     assert "640x640" in report["data"]["feed"] and report["data"]["feed_size"] == [640, 640]
     m = Manifest.load(zoo_copy)
     assert set(report["models"]) == {"source", *m.variants}
@@ -80,7 +80,7 @@ def test_tflite_made_artifact_runs_in_the_zoo_runner_with_coco_ids(tmp_path, sha
     m = Manifest.load(out)
     assert m.io.input.name == "image_tensor:0" and m.source_spec().class_offset == 1
     report = verify(VerifyConfig(folder=out, images=images, annotations=shifted_annotations, latency_runs=0,
-                                 feed_size=FEED, max_drop=100)).report
+                                 feed_size=FEED, max_drop=100)).report.to_json()
     ours = np.array([report["models"]["fp32"]["coco"]["stats"][s] for s in STAT_NAMES])
     src = np.array([report["models"]["source"]["coco"]["stats"][s] for s in STAT_NAMES])
     np.testing.assert_allclose(ours, src, atol=1e-3)  # the in-graph resize and offset are the source's
@@ -91,7 +91,7 @@ def test_tflite_made_artifact_runs_in_the_zoo_runner_with_coco_ids(tmp_path, sha
 
 def test_verify_batch_measures_latency_and_throughput_at_batch_n(zoo_copy, shapes):
     r = verify(VerifyConfig(folder=zoo_copy, images=shapes[0], latency_runs=3, latency_images=4, batch=4,
-                            variants=["fp32", "int8"], max_drop=100)).report
+                            variants=["fp32", "int8"], max_drop=100)).report.to_json()
     assert r["latency"]["batch"] == 4
     for name in ("fp32", "int8"):
         lat = r["models"][name]["latency"]
