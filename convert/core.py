@@ -22,29 +22,28 @@ from detzoo.manifest import MANIFEST, Manifest, Variant
 from detzoo.contract import fixed_size_io, fixed_size_name
 from detzoo.onnxcanon import canonicalize
 from detzoo.runners import OrtRunner, source_runner
+from detzoo.options import ALLOW_UNSAFE_OPS, CHECK_LIMIT, FORCE, OPSET, THREADS, check
 from detzoo.source import OUTPUT_ROLES, IOSpec, ModelFormat, ModelSource, open_source
 from detzoo.convert.iodetect import detect_io
 from detzoo.convert.loading import load_model_graph
 from detzoo.convert.parity import ParityReport, ParityTolerance, check_parity
-
-MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 18, 17
 
 
 @dataclass
 class ConvertConfig:
     source: Path
     out: Path
-    opset: int = DEFAULT_OPSET
+    opset: int = OPSET.default
     input_name: str | None = None
     output_names: list | None = None
     name: str | None = None
-    force: bool = False
+    force: bool = FORCE.default
     check: bool = True
     check_images: Path | None = None
-    check_limit: int | None = None
-    threads: int = 1
+    check_limit: int | None = CHECK_LIMIT.default
+    threads: int = THREADS.default
     tolerance: ParityTolerance = field(default_factory=ParityTolerance)
-    allow_unsafe_ops: bool = False
+    allow_unsafe_ops: bool = ALLOW_UNSAFE_OPS.default
     label_map: dict | None = None
     keep_source_io: bool = False          # keep the source's IO instead of the zoo contract
     artifact_input: str | None = None     # --input-name: the artifact's input name
@@ -62,12 +61,7 @@ class ConvertConfig:
         if self.artifact_input is not None and (not self.artifact_input.strip() or self.keep_source_io):
             raise DetzooError(f"--input-name takes a non-empty name and excludes --keep-source-io, "
                               f"got {self.artifact_input!r}")
-        if not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise DetzooError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {self.opset}")
-        if self.threads < 1:
-            raise DetzooError(f"--threads must be >= 1, got {self.threads}")
-        if self.check_limit is not None and self.check_limit < 1:
-            raise DetzooError(f"--check-limit must be >= 1, got {self.check_limit}")
+        check(self, OPSET, THREADS, CHECK_LIMIT)
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise DetzooError(f"--name must be a plain file-name stem, got {self.name!r}")
 

@@ -10,40 +10,34 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detzoo.errors import CheckFailed, DetzooError
+from detzoo.options import FORCE, MeasureOptions
+
+if TYPE_CHECKING:
+    from detzoo.verify.report import VerifyReport
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
-class BuildConfig:
+class BuildConfig(MeasureOptions):
+    """The entry to build; the measuring options (``MeasureOptions``) go to verify as they are."""
+
     out: Path
     source: Path | None = None
-    images: Path | None = None
-    annotations: Path | None = None
     calib_images: Path | None = None
     precisions: list = field(default_factory=lambda: list(PRECISIONS))
-    max_drop: float = 1.0
-    threads: int = 1
-    limit: int | None = None
-    latency_runs: int = 50
-    bootstrap: int = 0
-    force: bool = False
-    allow_unsafe_ops: bool = False
+    force: bool = FORCE.default
     input_sizes: list = field(default_factory=list)  # fixed-size variants, as convert --input-size
-    feed_size: object = None                         # verify --feed-size
-    batch: int = 1                                   # verify --batch
 
     def __post_init__(self):
         from detzoo.contract import parse_size
 
         self.out = Path(self.out)
+        super().__post_init__()
         self.input_sizes = [parse_size(s) if isinstance(s, str) else tuple(s) for s in self.input_sizes or ()]
-        if self.feed_size is not None and isinstance(self.feed_size, str):
-            self.feed_size = parse_size(self.feed_size, "--feed-size")
-        if self.batch < 1:
-            raise DetzooError(f"--batch must be an integer >= 1, got {self.batch}")
         self.precisions = [p.strip() for p in self.precisions if p and p.strip()]
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
@@ -51,14 +45,6 @@ class BuildConfig:
                               f"{','.join(self.precisions) or 'nothing'}")
         if "fp32" not in self.precisions:  # every variant is made from the fp32 artifact
             self.precisions.insert(0, "fp32")
-        if self.annotations is not None and self.images is None:
-            raise DetzooError("--annotations needs --images (or COCO_IMG_PATH)")
-        if not self.max_drop >= 0:
-            raise DetzooError(f"--max-drop must be >= 0 points, got {self.max_drop}")
-        if self.threads < 1:
-            raise DetzooError(f"--threads must be >= 1, got {self.threads}")
-        if self.limit is not None and self.limit < 1:
-            raise DetzooError(f"--limit must be >= 1, got {self.limit}")
 
 
 @dataclass
@@ -118,11 +104,8 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
             "pixels for every model): 'detzoo verify DIR --feed-size HxW'")
     failure = None
     try:
-        verify(VerifyConfig(folder=cfg.out, images=cfg.images, annotations=cfg.annotations, limit=cfg.limit,
-                            allow_unsafe_ops=cfg.allow_unsafe_ops,
-                            threads=cfg.threads, latency_runs=cfg.latency_runs, max_drop=cfg.max_drop,
-                            bootstrap=cfg.bootstrap, variants=built_variants(cfg.out, precisions, cfg.feed_size),
-                            feed_size=cfg.feed_size, batch=cfg.batch), console)
+        verify(VerifyConfig(folder=cfg.out, **cfg.measure_options(),
+                            variants=built_variants(cfg.out, precisions, cfg.feed_size)), console)
     except CheckFailed as e:  # the report is written; finish the entry, then fail
         failure = e
     seconds["verify"] = round(time.perf_counter() - t, 2)
@@ -138,7 +121,7 @@ def build(cfg: BuildConfig, console=None) -> BuildResult:
 def built_variants(folder: Path, precisions: list, feed_size) -> list:
     """The variants build verifies: the precisions asked for, and their fixed-size twins when
     ``--feed-size`` is their size. A fixed-size variant fed the zoo's way beside a source fed its own
-    way would be charged the feeding's loss (7 to 17 fidelity points on the default, BENCHMARKS.md),
+    way would be charged the feeding's loss (BENCHMARKS.md, "zoo contract", "Fixed-size fidelity is the feeding's"),
     not the conversion's; with --feed-size every model gets the same pixels."""
     from detzoo.manifest import Manifest
 

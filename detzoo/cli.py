@@ -17,6 +17,7 @@ from typing import List, Optional
 
 import typer
 
+from detzoo import options as O
 from detzoo.errors import CheckFailed, DetzooError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -129,15 +130,15 @@ def _print_onnx(report: dict) -> None:
 @app.command()
 def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export folder, SavedModel, .tflite or .tar.gz"),
             out: Path = typer.Option(..., "--out", help="Output folder (the zoo entry)"),
-            opset: int = typer.Option(17, help="ONNX opset (13-18)"),
+            opset: int = O.OPSET.cli(help="ONNX opset (13-18)"),
             input: Optional[str] = typer.Option(None, "--input", help="Input tensor name (auto-detected)"),
             output: Optional[List[str]] = typer.Option(None, "--output",
                                                        help="Output names: num, boxes, scores, classes"),
             name: Optional[str] = typer.Option(None, help="Artifact name stem (default: from the source)"),
-            force: bool = typer.Option(False, "--force", help="Replace artifacts already in --out"),
+            force: bool = O.FORCE.cli(),
             check: bool = typer.Option(True, "--check/--no-check", help="Parity check against the source"),
             check_images: Optional[Path] = typer.Option(None, help="Images for the parity check (default: demo frames)"),
-            check_limit: Optional[int] = typer.Option(None, help="Use at most N parity images"),
+            check_limit: Optional[int] = O.CHECK_LIMIT.cli(help="Use at most N parity images"),
             score_atol: Optional[float] = typer.Option(
                 None, help="Parity: max |score diff| of matched detections [default: 1e-4; an integer "
                            "TFLite source: 2 of its output quantization steps]"),
@@ -146,17 +147,15 @@ def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
                            "TFLite source: 2 of its output quantization steps]"),
             parity_min_score: float = typer.Option(0.3, help="Parity: compare detections scoring at least this"),
             max_unmatched: int = typer.Option(0, help="Parity: detections allowed without a counterpart"),
-            threads: int = typer.Option(1, help="Intra-op threads for TF and onnxruntime"),
-            input_size: Optional[List[str]] = typer.Option(None, "--input-size",
-                                                           help="Also a variant with height and width fixed, e.g. "
-                                                                "300x300 (repeatable)"),
+            threads: int = O.THREADS.cli(),
+            input_size: Optional[List[str]] = O.INPUT_SIZE.cli(),
             input_name: Optional[str] = typer.Option(None, "--input-name",
                                                      help="The artifact's input name (default: image_tensor:0, "
                                                           "or the SavedModel's input_tensor)"),
             keep_source_io: bool = typer.Option(False, "--keep-source-io",
                                                 help="Keep the source's IO (size, float input, 0-based classes) "
                                                      "instead of the zoo contract"),
-            allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops")):
+            allow_unsafe_ops: bool = O.ALLOW_UNSAFE_OPS.cli()):
     """Convert a TF detection model to ONNX (fp32) and check that its detections match the source."""
     from detzoo.convert import ConvertConfig, ParityTolerance, convert as run_convert
 
@@ -183,18 +182,15 @@ def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
 
 @app.command()
 def verify(folder: Path = typer.Argument(..., help="Output folder holding manifest.json"),
-           images: Optional[Path] = typer.Option(None, "--images", envvar="COCO_IMG_PATH",
-                                                 help="Images folder (default without annotations: demo frames)"),
-           annotations: Optional[Path] = typer.Option(None, "--annotations", envvar="COCO_ANNO_PATH",
-                                                      help="COCO instances JSON (ground-truth mode)"),
-           limit: Optional[int] = typer.Option(None, "--limit", help="First N images (by image id with annotations)"),
-           threads: int = typer.Option(1, "--threads", help="Intra-op threads for TF and onnxruntime"),
-           latency_runs: int = typer.Option(50, "--latency-runs", help="Timed runs per model (0: no latency)"),
-           max_drop: float = typer.Option(1.0, "--max-drop", help="Largest allowed mAP drop, in points"),
-           bootstrap: int = typer.Option(0, "--bootstrap", help="Resamples for a 95% CI on the drop (0: none)"),
-           variants: Optional[List[str]] = typer.Option(None, "--variants", help="Variants to verify, e.g. fp32,int8"),
-           reference_threshold: float = typer.Option(0.5, "--reference-threshold",
-                                                     help="Reference mode: source detections >= this are the truth"),
+           images: Optional[Path] = O.IMAGES.cli(),
+           annotations: Optional[Path] = O.ANNOTATIONS.cli(),
+           limit: Optional[int] = O.LIMIT.cli(),
+           threads: int = O.THREADS.cli(),
+           latency_runs: int = O.LATENCY_RUNS.cli(),
+           max_drop: float = O.MAX_DROP.cli(),
+           bootstrap: int = O.BOOTSTRAP.cli(),
+           variants: Optional[List[str]] = O.VARIANTS.cli(),
+           reference_threshold: float = O.REFERENCE_THRESHOLD.cli(),
            shard: Optional[str] = typer.Option(None, "--shard", help="K/N: run only shard K of N (every N-th "
                                                "image) into DIR's cache; 'detzoo merge DIR' then reports"),
            ray: bool = typer.Option(False, "--ray", help="Run one Ray task per (model, shard), then report"),
@@ -203,12 +199,10 @@ def verify(folder: Path = typer.Argument(..., help="Output folder holding manife
                                                           "default: start a local cluster)"),
            shards: Optional[int] = typer.Option(None, "--shards", help="With --ray: shards per model "
                                                 "(default: cluster CPUs / --threads)"),
-           batch: int = typer.Option(1, "--batch", "-b", help="Latency and throughput at this batch size"),
-           feed_size: Optional[str] = typer.Option(None, "--feed-size",
-                                                   help="Resize every image to HxW first, as the zoo's runner does "
-                                                        "(OpenCV bilinear), e.g. 640x640"),
-           allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
-           quiet: bool = typer.Option(False, "--quiet", help="No progress bars, warnings or summary")):
+           batch: int = O.BATCH.cli(),
+           feed_size: Optional[str] = O.FEED_SIZE.cli(),
+           allow_unsafe_ops: bool = O.ALLOW_UNSAFE_OPS.cli(),
+           quiet: bool = O.QUIET.cli()):
     """Measure every artifact against its source (COCO AP, agreement, latency); exit 1 if a drop exceeds --max-drop."""
     from rich.console import Console
 
@@ -248,15 +242,13 @@ def merge(folder: Path = typer.Argument(..., help="Output folder whose shards ra
           images: Optional[Path] = typer.Option(None, "--images", help="Where this machine keeps the images "
                                                 "(default: the path the shards recorded)"),
           annotations: Optional[Path] = typer.Option(None, "--annotations", help="Likewise for the annotations"),
-          threads: Optional[int] = typer.Option(None, "--threads", help="Recorded, and used for latency "
-                                                "(default: the shards')"),
-          latency_runs: int = typer.Option(0, "--latency-runs", help="Timed runs per model on this machine (0: none)"),
-          max_drop: float = typer.Option(1.0, "--max-drop", help="Largest allowed mAP drop, in points"),
-          bootstrap: int = typer.Option(0, "--bootstrap", help="Resamples for a 95% CI on the drop (0: none)"),
-          reference_threshold: float = typer.Option(0.5, "--reference-threshold",
-                                                    help="Reference mode: source detections >= this are the truth"),
-          allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
-          quiet: bool = typer.Option(False, "--quiet", help="No progress bars, warnings or summary")):
+          threads: Optional[int] = O.THREADS.cli(None, "Recorded, and used for latency (default: the shards')"),
+          latency_runs: int = O.LATENCY_RUNS.cli(0, "Timed runs per model on this machine (0: none)"),
+          max_drop: float = O.MAX_DROP.cli(),
+          bootstrap: int = O.BOOTSTRAP.cli(),
+          reference_threshold: float = O.REFERENCE_THRESHOLD.cli(),
+          allow_unsafe_ops: bool = O.ALLOW_UNSAFE_OPS.cli(),
+          quiet: bool = O.QUIET.cli()):
     """Combine all shards of DIR into one report, the one an unsharded verify writes; exit 1 as verify does."""
     from rich.console import Console
 
@@ -274,28 +266,22 @@ def merge(folder: Path = typer.Argument(..., help="Output folder whose shards ra
 @app.command()
 def build(source: Optional[Path] = typer.Argument(None, help="TF model (default: the embedded pedestrian SSDLite)"),
           out: Path = typer.Option(..., "--out", help="Output folder: the zoo entry"),
-          images: Optional[Path] = typer.Option(None, "--images", envvar="COCO_IMG_PATH",
-                                                help="Evaluation images (default without annotations: demo frames)"),
-          annotations: Optional[Path] = typer.Option(None, "--annotations", envvar="COCO_ANNO_PATH",
-                                                     help="COCO instances JSON (ground-truth mode)"),
+          images: Optional[Path] = O.IMAGES.cli(),
+          annotations: Optional[Path] = O.ANNOTATIONS.cli(),
           calib_images: Optional[Path] = typer.Option(None, "--calib-images",
                                                       help="int8 calibration images (default: demo calib frames)"),
           precisions: str = typer.Option("fp32,fp16,int8", "--precisions", help="Variants to build and verify"),
-          max_drop: float = typer.Option(1.0, "--max-drop", help="Largest allowed mAP drop, in points"),
-          threads: int = typer.Option(1, "--threads", help="Intra-op threads for TF and onnxruntime"),
-          limit: Optional[int] = typer.Option(None, "--limit", help="First N evaluation images"),
-          latency_runs: int = typer.Option(50, "--latency-runs", help="Timed runs per model"),
-          bootstrap: int = typer.Option(0, "--bootstrap", help="Resamples for a 95% CI on the drop"),
-          force: bool = typer.Option(False, "--force", help="Replace an existing entry"),
-          input_size: Optional[List[str]] = typer.Option(None, "--input-size",
-                                                         help="Also variants with height and width fixed, e.g. "
-                                                              "300x300 (repeatable)"),
-          feed_size: Optional[str] = typer.Option(None, "--feed-size",
-                                                  help="Verify with every image resized to HxW first, as the zoo's "
-                                                       "runner does, e.g. 640x640"),
-          batch: int = typer.Option(1, "--batch", "-b", help="Latency and throughput at this batch size"),
-          allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
-          quiet: bool = typer.Option(False, "--quiet", help="No progress output")):
+          max_drop: float = O.MAX_DROP.cli(),
+          threads: int = O.THREADS.cli(),
+          limit: Optional[int] = O.LIMIT.cli(),
+          latency_runs: int = O.LATENCY_RUNS.cli(),
+          bootstrap: int = O.BOOTSTRAP.cli(),
+          force: bool = O.FORCE.cli(),
+          input_size: Optional[List[str]] = O.INPUT_SIZE.cli(),
+          feed_size: Optional[str] = O.FEED_SIZE.cli(),
+          batch: int = O.BATCH.cli(),
+          allow_unsafe_ops: bool = O.ALLOW_UNSAFE_OPS.cli(),
+          quiet: bool = O.QUIET.cli()):
     """Convert, quantize and verify in one run; write the zoo entry (report.html, README.md model card)."""
     from rich.console import Console
 
@@ -303,11 +289,10 @@ def build(source: Optional[Path] = typer.Argument(None, help="TF model (default:
 
     console = None if quiet else Console(stderr=True)
     with _user_errors(out, quiet):
-        cfg = BuildConfig(out=out, source=source, images=images, annotations=annotations, calib_images=calib_images,
-                          precisions=precisions.split(","), max_drop=max_drop, threads=threads, limit=limit,
-                          latency_runs=latency_runs, bootstrap=bootstrap, force=force,
-                          allow_unsafe_ops=allow_unsafe_ops, input_sizes=input_size or [], feed_size=feed_size,
-                          batch=batch)
+        cfg = BuildConfig(out=out, source=source, calib_images=calib_images, precisions=precisions.split(","),
+                          force=force, input_sizes=input_size or [], images=images, annotations=annotations,
+                          limit=limit, threads=threads, latency_runs=latency_runs, max_drop=max_drop,
+                          bootstrap=bootstrap, allow_unsafe_ops=allow_unsafe_ops, feed_size=feed_size, batch=batch)
         res = run_build(cfg, console)
     if not quiet:
         typer.echo(_summary(out))
@@ -319,8 +304,8 @@ def build(source: Optional[Path] = typer.Argument(None, help="TF model (default:
 @app.command()
 def reverify(folder: Path = typer.Argument(..., help="A zoo entry made by 'detzoo build' or 'detzoo verify'"),
              tolerance: float = typer.Option(0.002, "--tolerance", help="Allowed move of a COCO stat (AP units)"),
-             allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
-             quiet: bool = typer.Option(False, "--quiet", help="No progress output")):
+             allow_unsafe_ops: bool = O.ALLOW_UNSAFE_OPS.cli(),
+             quiet: bool = O.QUIET.cli()):
     """Replay a zoo entry: check every sha256, re-run verification, exit 1 on drift."""
     from rich.console import Console
 
@@ -347,8 +332,8 @@ def add(folder: Path = typer.Argument(..., help="A zoo entry holding manifest.js
         variant: str = typer.Option(..., "--variant", help="Its variant name in the entry, e.g. tflite-int8"),
         precision: Optional[str] = typer.Option(None, "--precision",
                                                 help="fp32, fp16 or int8 (default: guessed from the model)"),
-        force: bool = typer.Option(False, "--force", help="Replace a variant of that name"),
-        allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Accept models with unsafe ops")):
+        force: bool = O.FORCE.cli(help="Replace a variant of that name"),
+        allow_unsafe_ops: bool = O.ALLOW_UNSAFE_OPS.cli(help="Accept models with unsafe ops")):
     """Bring an ONNX or TFLite model into FOLDER as a variant (checked and run once); 'detzoo verify' then measures it."""
     from detzoo.add import add as run_add
 
@@ -391,17 +376,17 @@ def quantize(folder: Path = typer.Argument(..., help="Output folder holding mani
                                                            "most sensitive nodes to float until it fits"),
              check_images: Optional[Path] = typer.Option(None, "--check-images",
                                                          help="Held-out images for fidelity (default: demo eval frames)"),
-             check_limit: Optional[int] = typer.Option(None, "--check-limit", help="Use at most N check images"),
-             threads: int = typer.Option(1, "--threads", help="Intra-op threads for onnxruntime"),
+             check_limit: Optional[int] = O.CHECK_LIMIT.cli(),
+             threads: int = O.THREADS.cli(help="Intra-op threads for onnxruntime"),
              fp32_batch1: bool = typer.Option(False, "--fp32-batch1",
                                               help="Also add <name>.fp32-batch1.onnx: fp32 with Loops inlined "
                                                    "(parity-checked)"),
              feed_size: Optional[str] = typer.Option(None, "--feed-size",
                                                      help="Calibrate and check on images resized to HxW first, as "
                                                           "verify --feed-size (the zoo's runner) feeds them"),
-             force: bool = typer.Option(False, "--force", help="Replace existing fp16/int8 artifacts"),
-             allow_unsafe_ops: bool = typer.Option(False, "--allow-unsafe-ops", help="Run models with file/Python ops"),
-             quiet: bool = typer.Option(False, "--quiet", help="No progress lines")):
+             force: bool = O.FORCE.cli(help="Replace existing fp16/int8 artifacts"),
+             allow_unsafe_ops: bool = O.ALLOW_UNSAFE_OPS.cli(),
+             quiet: bool = O.QUIET.cli()):
     """Add fp16 and int8 variants of the fp32 artifact to FOLDER and record them in its manifest."""
     from detzoo.quantize import QuantizeConfig, quantize as run_quantize
 

@@ -19,6 +19,7 @@ from detzoo.errors import CheckFailed, DetzooError
 from detzoo.fsutil import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 from detzoo.images import ImageError, decode_image, demo_dir, folder_records
 from detzoo.manifest import MANIFEST, Manifest, machine_info, now, tool_versions
+from detzoo.options import (LATENCY_IMAGES, REFERENCE_THRESHOLD, SEED, VARIANTS, MeasureOptions, check)
 
 from detzoo.verify.report import (REPORT_JSON, CocoSummary, DataInfo, Gate, LatencySetup, ModelLatency, ModelReport,
                                   VerifyReport)
@@ -27,46 +28,22 @@ REPORT_MD, PR_ARRAYS = "REPORT.md", "pr_arrays.npz"
 
 
 @dataclass
-class VerifyConfig:
-    """What to verify and how. ``max_drop`` is in points (mAP x 100), like the zoo's budgets."""
+class VerifyConfig(MeasureOptions):
+    """What to verify and how (the measuring options are ``MeasureOptions``'). ``max_drop`` is in
+    points (mAP x 100), like the zoo's budgets."""
 
     folder: Path
-    images: Path | None = None
-    annotations: Path | None = None
-    limit: int | None = None
-    threads: int = 1
-    latency_runs: int = 50
-    latency_images: int = 8
-    max_drop: float = 1.0
-    bootstrap: int = 0
-    seed: int = 0
-    variants: list | None = None
-    reference_threshold: float = 0.5
+    latency_images: int = LATENCY_IMAGES.default
+    seed: int = SEED.default
+    variants: list | None = VARIANTS.default
+    reference_threshold: float = REFERENCE_THRESHOLD.default
     use_cache: bool = True
     cache_only: bool = False  # merging shards: every detection must come from the cache
-    allow_unsafe_ops: bool = False  # run models with file/Python ops (recorded in the report)
-    batch: int = 1                # latency and throughput at this batch size
-    feed_size: tuple | None = None  # (h, w): resize every image first, as the zoo's runner does
 
     def __post_init__(self):
         self.folder = Path(self.folder)
-        if self.feed_size is not None:
-            from detzoo.contract import parse_size
-
-            self.feed_size = (parse_size(self.feed_size, "--feed-size") if isinstance(self.feed_size, str)
-                              else tuple(int(x) for x in self.feed_size))
-        self.images = Path(self.images) if self.images else None
-        self.annotations = Path(self.annotations) if self.annotations else None
-        if self.annotations is not None and self.images is None:
-            raise DetzooError(f"--annotations {self.annotations} needs --images (or COCO_IMG_PATH): "
-                              "the folder its file_name entries refer to")
-        for name, low in (("limit", 1), ("threads", 1), ("latency_runs", 0), ("latency_images", 1), ("bootstrap", 0),
-                          ("batch", 1)):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < low):
-                raise DetzooError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {v!r}")
-        if not self.max_drop >= 0:
-            raise DetzooError(f"--max-drop must be >= 0 points, got {self.max_drop}")
+        super().__post_init__()
+        check(self, LATENCY_IMAGES, SEED)
         if self.cache_only and not self.use_cache:
             raise DetzooError("cache_only needs use_cache: merged shards are read from the detection cache")
         if not 0 < self.reference_threshold < 1:

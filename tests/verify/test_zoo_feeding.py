@@ -103,7 +103,7 @@ def test_verify_batch_measures_latency_and_throughput_at_batch_n(zoo_copy, shape
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--batch", "0"], "--batch must be an integer >= 1"),
+    (["--batch", "0"], "--batch must be >= 1, got 0"),
     (["--feed-size", "abc"], "--feed-size takes HEIGHTxWIDTH"),
     (["--feed-size", "0x300"], "--feed-size takes sizes between 1 and 8192"),
     (["--feed-size", "300x300"], "variant fp32-640x640 takes only 640x640"),
