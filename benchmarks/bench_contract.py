@@ -13,13 +13,12 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.util import REPO, child_env
+from benchmarks.util import REPO, child_env, say, workdir
 
 
 def _build(root: Path, say) -> Path:
@@ -109,15 +108,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     from detzoo.manifest import machine_info
 
-    def say(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-contract-") as tmp:
-        root = args.workdir or Path(tmp)
-        root.mkdir(parents=True, exist_ok=True)
+    with workdir(args.workdir, "bench-contract-") as (root, tmp):
         entry = _build(root, say)
-        rows, info = measure(entry, args.runs, Path(tmp), say)
+        rows, info = measure(entry, args.runs, tmp, say)
     mach = machine_info()
     print(table(rows))
     print(f"\nCPU: {mach['cpu']}, class {mach['cpu_class']} ({', '.join(mach['flags'])}); 1 intra-op thread; "

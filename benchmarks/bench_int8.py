@@ -23,9 +23,10 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.util import say, warm_up, workdir
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -129,10 +130,7 @@ def measure(models: dict, m, rounds: int, photos: Path | None, say) -> dict:
     batches = [preprocess(decode_image(p), m.io) for p in list_images(demo_dir("eval"))[:10]]
     names = list(models)
     runners = {n: OrtRunner(Path(p), m.io, 1) for n, p in models.items()}
-    for r in runners.values():
-        r.activate()
-        for b in batches[:3]:
-            r.infer(b)
+    warm_up(runners, batches)
     times = {n: [] for n in names}
     for _ in range(rounds):
         for k, b in enumerate(batches * 3):
@@ -182,13 +180,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     from detzoo.manifest import machine_info
 
-    def say(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
-        root = args.workdir or Path(tmp)
-        root.mkdir(parents=True, exist_ok=True)
+    with workdir(args.workdir, "bench-int8-") as (root, _):
         models, m, info = build(root, say)
         results = measure(models, m, args.rounds, args.photos, say)
     mach = machine_info()
@@ -196,7 +189,7 @@ def main(argv=None) -> None:
     search = info["rows"]["+ bias correction + --max-drop 1 search (build's default)"].get("search") or {}
     print(f"\nCPU: {mach['cpu']}, class {mach['cpu_class']} ({', '.join(mach['flags'])}); 1 intra-op thread; "
           f"{results['ONNX fp32']['runs']} interleaved runs per model; {(time.perf_counter() - t0) / 60:.1f} min.")
-    print(f"Seconds to quantize each row: " + ", ".join(f"{n.split(' (')[0]} {r['seconds']}"
+    print("Seconds to quantize each row: " + ", ".join(f"{n.split(' (')[0]} {r['seconds']}"
                                                           for n, r in info["rows"].items())
           + f"; calibration + layer statistics, shared: {info['prep_seconds']['False']}s.")
     if search:

@@ -40,11 +40,12 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.util import say, warm_up, workdir
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -137,10 +138,7 @@ def measure(models: dict, m, threads_list: list[int], rounds: int, say) -> dict:
         say(f"latency, {threads} thread(s)")
         runners = {"TF source": TFGraphRunner(default_model_path(), m.io, threads)}
         runners.update({n: OrtRunner(p, m.io, threads) for n, p in models.items()})
-        for r in runners.values():
-            r.activate()
-            for b in batches[:3]:
-                r.infer(b)
+        warm_up(runners, batches)
         times = {n: [] for n in names}
         for rnd in range(rounds):
             for k, b in enumerate(batches):
@@ -194,12 +192,7 @@ def main() -> None:
     args = ap.parse_args()
     threads_list = [int(t) for t in args.threads.split(",")]
 
-    def say(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
-        root = args.workdir or Path(tmp)
-        root.mkdir(parents=True, exist_ok=True)
+    with workdir(args.workdir, "bench-quantize-") as (root, _):
         models, m, info = build_models(root, say)
         results = measure(models, m, threads_list, args.rounds, say)
     print(table(results, threads_list))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,3 +44,25 @@ def median(xs) -> float:
 def spread(xs) -> str:
     """min-max of the repeats, for the table."""
     return f"{min(xs):.2f}-{max(xs):.2f}" if len(xs) > 1 else "-"
+
+
+def say(msg: str) -> None:
+    """A progress line on stderr, with the time."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def workdir(keep: Path | None, prefix: str):
+    """(root, scratch): ``keep`` (created) or a temporary folder as root, and the temporary folder."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        root = keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        yield root, Path(tmp)
+
+
+def warm_up(runners: dict, batches: list, n: int = 3) -> None:
+    """Load every runner and run it on the first ``n`` batches, before anything is timed."""
+    for r in runners.values():
+        r.activate()
+        for b in batches[:n]:
+            r.infer(b)

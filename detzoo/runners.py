@@ -119,10 +119,21 @@ def _tf_session_config(threads: int):
                                     device_count={"GPU": 0})
 
 
-class TFGraphRunner(Runner):
-    """A TF1 frozen graph in a v1 Session."""
+class _TFSessionRunner(Runner):
+    """A TF graph in a v1 Session of its own (threads are per session): ``_activate`` sets
+    ``_sess``, ``_feed`` and ``_fetches``."""
 
     framework = "tensorflow"
+
+    def _deactivate(self):
+        self._sess.close()
+
+    def _infer(self, batch):
+        return self._sess.run(self._fetches, {self._feed: batch})
+
+
+class TFGraphRunner(_TFSessionRunner):
+    """A TF1 frozen graph in a v1 Session."""
 
     def _activate(self):
         import tensorflow as tf
@@ -141,17 +152,9 @@ class TFGraphRunner(Runner):
         self._fetches = [self._graph.get_tensor_by_name(_tensor_name(n)) for n in self.io.output_names]
         self._feed = self._graph.get_tensor_by_name(_tensor_name(self.io.input.name))
 
-    def _deactivate(self):
-        self._sess.close()
 
-    def _infer(self, batch):
-        return self._sess.run(self._fetches, {self._feed: batch})
-
-
-class TFSavedModelRunner(Runner):
+class TFSavedModelRunner(_TFSessionRunner):
     """A SavedModel's ``serving_default`` signature, loaded in a v1 Session so threads are per-model."""
-
-    framework = "tensorflow"
 
     def _activate(self):
         import tensorflow as tf
@@ -173,11 +176,6 @@ class TFSavedModelRunner(Runner):
         self._fetches = [self._graph.get_tensor_by_name(sig.outputs[n].name if n in sig.outputs
                                                         else _tensor_name(n)) for n in self.io.output_names]
 
-    def _deactivate(self):
-        self._sess.close()
-
-    def _infer(self, batch):
-        return self._sess.run(self._fetches, {self._feed: batch})
 
 
 class TFLiteRunner(Runner):

@@ -58,27 +58,26 @@ def shapes(tmp_path_factory):
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
 
 
-@pytest.fixture(scope="session")
-def shapes_saved_model(tmp_path_factory):
-    """A TF2 zoo-signature SavedModel detecting the shapes (1-based ids 1 and 3)."""
-    from tests.fixtures import models
+def _model_fixture(maker: str, folder: str, doc: str):
+    """A session fixture: ``tests.fixtures.models.<maker>`` built once into a fresh folder."""
 
-    return models.make_saved_model(tmp_path_factory.mktemp("sm"))
+    def fixture(tmp_path_factory):
+        from tests.fixtures import models
 
+        return getattr(models, maker)(tmp_path_factory.mktemp(folder))
 
-@pytest.fixture(scope="session")
-def shapes_export_folder(tmp_path_factory):
-    from tests.fixtures import models
-
-    return models.make_export_folder(tmp_path_factory.mktemp("export"))
+    fixture.__doc__ = doc
+    return pytest.fixture(scope="session")(fixture)
 
 
-@pytest.fixture(scope="session")
-def shapes_tflite(tmp_path_factory):
-    """The SavedModel's twin as TFLite ending in TFLite_Detection_PostProcess (0-based ids)."""
-    from tests.fixtures import models
-
-    return models.make_tflite(tmp_path_factory.mktemp("tflite"))
+shapes_saved_model = _model_fixture("make_saved_model", "sm",
+                                    "A TF2 zoo-signature SavedModel detecting the shapes (1-based ids 1 and 3).")
+shapes_export_folder = _model_fixture("make_export_folder", "export", "Its TF1-style export folder.")
+shapes_tflite = _model_fixture("make_tflite", "tflite", "The SavedModel's twin as TFLite ending in "
+                               "TFLite_Detection_PostProcess (0-based ids).")
+two_stage_graph = _model_fixture("make_two_stage_frozen_graph", "frcnn", "A TF1 frozen graph shaped like Faster "
+                                 "R-CNN: NMS, CropAndResize, per-class NMS in a While loop.")
+zoo_tarball = _model_fixture("make_zoo_tarball", "zoo", "A zoo .tar.gz holding a frozen graph.")
 
 
 @pytest.fixture(scope="session")
@@ -99,21 +98,6 @@ def ssd_tflite(tmp_path_factory):
         return cache[precision, regular, residual]
 
     return get
-
-
-@pytest.fixture(scope="session")
-def two_stage_graph(tmp_path_factory):
-    """A TF1 frozen graph shaped like Faster R-CNN: NMS, CropAndResize, per-class NMS in a While loop."""
-    from tests.fixtures import models
-
-    return models.make_two_stage_frozen_graph(tmp_path_factory.mktemp("frcnn"))
-
-
-@pytest.fixture(scope="session")
-def zoo_tarball(tmp_path_factory):
-    from tests.fixtures import models
-
-    return models.make_zoo_tarball(tmp_path_factory.mktemp("zoo"))
 
 
 # --- converted tiny entries ------------------------------------------------------------------

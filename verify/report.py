@@ -16,6 +16,7 @@ from pathlib import Path
 
 from detzoo.detections import Agreement
 from detzoo.errors import DetzooError
+from detzoo.verify.latency import LatencyStats
 
 REPORT_JSON = "report.json"
 REPORT_SCHEMA = "detzoo.report/1"
@@ -26,8 +27,19 @@ def _known(cls, d: dict) -> dict:
     return {k: v for k, v in d.items() if k in names}
 
 
+class _Record:
+    """A flat dataclass in the report: JSON is its fields (unknown keys of older reports ignored)."""
+
+    @classmethod
+    def from_json(cls, d: dict | None):
+        return None if d is None else cls(**_known(cls, d))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
-class CocoSummary:
+class CocoSummary(_Record):
     """What a report keeps of one COCO evaluation: the 12 stats, per-category AP and the PR curves."""
 
     stats: dict                  # stat name -> value (AP units; -1 where COCO has no data)
@@ -38,36 +50,12 @@ class CocoSummary:
     recall_thresholds: list = field(default_factory=list)
     pr_curves: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_json(cls, d: dict | None) -> "CocoSummary | None":
-        return None if d is None else cls(**_known(cls, d))
 
-    def to_json(self) -> dict:
-        return asdict(self)
+@dataclass(frozen=True)
+class ModelLatency(_Record, LatencyStats):
+    """One model's timed calls and the CPU class they ran on (latency is never compared across classes)."""
 
-
-@dataclass
-class ModelLatency:
-    """One model's timed calls (verify/latency.py's LatencyStats) and the CPU class they ran on."""
-
-    runs: int
-    warmup: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    throughput_ips: float
-    batch: int = 1
     cpu_class: str | None = None
-
-    @classmethod
-    def from_json(cls, d: dict | None) -> "ModelLatency | None":
-        return None if d is None else cls(**_known(cls, d))
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -123,13 +111,13 @@ class ModelReport:
 
 
 @dataclass
-class DataInfo:
+class DataInfo(_Record):
     """The images: where from, how they were fed, which were evaluated and which skipped."""
 
     images_dir: str
     annotations: str | None
     limit: int | None
-    feed: str
+    feed: str                    # how every model was fed (verify.core.feeding)
     feed_size: list | None
     requested: int
     evaluated: int
@@ -138,7 +126,7 @@ class DataInfo:
 
     @classmethod
     def from_json(cls, d: dict) -> "DataInfo":
-        return cls(**{"feed": "", "feed_size": None, **_known(cls, d)})
+        return super().from_json({"feed": "", "feed_size": None, **d})  # reports older than --feed-size
 
 
 @dataclass
@@ -165,7 +153,7 @@ class Gate:
 
 
 @dataclass
-class LatencySetup:
+class LatencySetup(_Record):
     """How latency was measured (the same for every model)."""
 
     runs: int
@@ -178,9 +166,6 @@ class LatencySetup:
     order: str = "round-robin over models"
     cpu_class: str | None = None
 
-    @classmethod
-    def from_json(cls, d: dict | None) -> "LatencySetup | None":
-        return None if d is None else cls(**_known(cls, d))
 
 
 @dataclass
@@ -224,9 +209,9 @@ class VerifyReport:
 
     def to_json(self) -> dict:
         return {"schema": self.schema, "name": self.name, "created": self.created, "mode": self.mode,
-                "reference_threshold": self.reference_threshold, "data": asdict(self.data),
+                "reference_threshold": self.reference_threshold, "data": self.data.to_json(),
                 "gate": self.gate.to_json(), "models": {n: m.to_json() for n, m in self.models.items()},
-                "bootstrap": self.bootstrap, "latency": asdict(self.latency) if self.latency else None,
+                "bootstrap": self.bootstrap, "latency": self.latency.to_json() if self.latency else None,
                 "notes": list(self.notes), "threads": self.threads, "allow_unsafe_ops": self.allow_unsafe_ops,
                 "manifest": self.manifest, "machine": self.machine, "tool_versions": self.tool_versions,
                 "seconds": self.seconds}
