@@ -3,6 +3,9 @@
 The one command a zoo maintainer runs. With no source it builds the embedded default: the real
 pedestrian SSDLite graph, calibrated on the demo calibration frames and verified in reference
 mode on the demo evaluation frames (the two never overlap).
+
+Owns: the order of the stages and the entry's pages. Does not touch: any stage's internals; it
+calls convert, quantize and verify through their configs.
 """
 
 from __future__ import annotations

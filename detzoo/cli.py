@@ -3,6 +3,9 @@
 Heavy libraries are imported inside the commands so ``detzoo --help`` is instant. User errors are
 printed as one line without a traceback: exit 2 for bad input, exit 1 for a failed check; anything
 else is detzoo's own failure: exit 3, one line, the traceback in a log file.
+
+Owns: argument parsing, exit codes and printing. Does not touch: defaults or bounds (detzoo.options)
+or any logic a library function can hold.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Running models (``collect_detections``) is kept apart from evaluating them (``evaluate_models``):
 detections go through the per-model cache, so an interrupted pass resumes, a re-run evaluates
 without inference, and a later sharded run can merge caches before one evaluation.
+
+Owns: the accuracy pass (running models over images, with the cache) and per-model COCO results,
+drops and agreement. Does not touch: files other than the cache, the report's shape, the gate.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ the sha256 of the image file, so a different image under the same id is a miss, 
 Crash safety: each entry is one line written with a single ``write`` and flushed; a process
 killed mid-write leaves at most a torn last line (no newline), which loading ignores and the next
 append cuts off first. Detections are stored as float32 values, so a cached run evaluates bit-identically.
+
+Owns: the detection cache's files and keys. Does not touch: models, evaluation, the manifest.
 """
 
 from __future__ import annotations

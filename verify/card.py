@@ -1,4 +1,7 @@
-"""``README.md`` model card of a zoo entry, in the zoo's style, from the manifest and report."""
+"""``README.md`` model card of a zoo entry, in the zoo's style, from the manifest and report.
+
+Owns: README.md's text. Does not touch: measurement; it reads the manifest and a VerifyReport.
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,9 @@ Reads ``DIR/manifest.json``, runs the source and each artifact on the same image
 detection cache), evaluates with pycocotools, times the models apart from that pass, and writes
 ``report.json`` and ``REPORT.md``; the manifest is updated last. The gate (exit 1) is raised only
 after everything is written, so a failing report can be read.
+
+Owns: VerifyConfig, the plan, the local executor, the pipeline's order and what verify writes.
+Does not touch: COCO arithmetic (detzoo.coco), rendering (markdown/html), how a model runs (runners).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ ordinary verify with every detection read from the cache, so the report equals a
 On a real cluster every node needs detzoo installed and the entry folder and the images at the
 same path (a shared filesystem); pass ``address`` ("auto" on a cluster node, "ray://head:10001"
 through Ray Client, or set RAY_ADDRESS). Latency, if asked for, is measured on the driver.
+
+Owns: the Ray executor and its task. Does not touch: evaluation or the report (the pipeline's);
+the cache's format (verify/cache.py).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Built from ``report.json`` and the per-image detection cache alone: the summary table, PR curves
 of every model on one plot, per-category AP, latency distributions, the accuracy/latency
 trade-off, and the demo images where an artifact disagrees most with its source, side by side.
+
+Owns: report.html's markup and plots. Does not touch: measurement or report.json.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ thread count. After warm-up, timed runs go round-robin over the models (one infe
 turn), so a burst of load from another process slows every model alike instead of whichever
 happened to be measured at that moment. Only the model call is timed (``Runner.infer``):
 decoding and preprocessing are shared and identical for all.
+
+Owns: timing and its statistics. Does not touch: accuracy, files.
 """
 
 from __future__ import annotations

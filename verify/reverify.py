@@ -3,6 +3,8 @@
 Checks every sha256 the manifest records, re-runs verification with the recorded settings on the
 recorded images (in a scratch folder, without the entry's detection cache, so a changed runtime
 shows), and compares every COCO number with the recorded one. The entry itself is not modified.
+
+Owns: integrity checks and drift. Does not touch: the entry (it verifies in a scratch copy).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ a shard is half a measurement.
 manifest now lists, then runs the ordinary verify on all images with every detection read from
 the cache (none is recomputed; a missing one is an error). The report is therefore the one an
 unsharded run writes, except for timings, latency and the cache counters.
+
+Owns: shard selection, shard records, merge's checks. Does not touch: evaluation (merge runs
+the pipeline on the cache), the report's shape.
 """
 
 from __future__ import annotations
