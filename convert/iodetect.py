@@ -100,8 +100,8 @@ def _saved_model_io(graph, input_name, outputs, src) -> IOSpec:
     if outputs is None:
         missing = [r for r in OUTPUT_ROLES if r not in sig.outputs]
         if missing:
-            raise DetzooError(f"serving_default of {src.path} lacks outputs {missing} (has {sorted(sig.outputs)}); "
-                              "pass --output NAME x4")
+            raise DetzooError(f"serving_default of {src.path} (input {key!r} {dtype} {_dims(dims)}) lacks outputs "
+                              f"{missing} (has {sorted(sig.outputs)}); pass --output NAME x4")
         outputs = {r: r for r in OUTPUT_ROLES}
     else:
         bad = [n for n in outputs.values() if n not in sig.outputs]
@@ -146,6 +146,10 @@ def _tflite_io(interp, input_name, outputs, src) -> IOSpec:
     # The post-processing op emits 0-based class ids; datasets (COCO) count from 1.
     return IOSpec(input=spec, outputs=outputs, resize=_fixed_resize(spec), class_offset=1,
                   **_float_norm(dtype, SSD_FLOAT_SCALE, SSD_FLOAT_OFFSET))
+
+
+def _dims(dims) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
 def _fixed_resize(spec: TensorSpec):

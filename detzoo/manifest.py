@@ -33,14 +33,19 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def tool_versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in TOOLS:
+def package_versions(names) -> dict:
+    """{name: version} of the installed distributions among ``names``."""
+    out = {}
+    for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
+
+
+def tool_versions() -> dict:
+    return {"python": platform.python_version(), **package_versions(TOOLS)}
 
 
 def _check_member(name: str, where: str) -> str:

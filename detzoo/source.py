@@ -192,8 +192,12 @@ def open_source(origin: str | os.PathLike, expected_sha256: str | None = None) -
         if root.is_dir():
             found = _find_in_folder(root)
             if found is None:
+                hint = ""
+                if (root / "pipeline.config").is_file() and (root / "checkpoint").is_dir():
+                    hint = ("; it holds pipeline.config and checkpoint/ (a training checkpoint): export it first "
+                            "with the Object Detection API's exporter_main_v2.py")
                 raise DetzooError(f"no model in {origin}: expected frozen_inference_graph.pb, saved_model.pb, "
-                                  "saved_model/ or one .tflite")
+                                  f"saved_model/ or one .tflite{hint}")
             path, fmt = found
         else:
             path, fmt = root, _classify_file(root)

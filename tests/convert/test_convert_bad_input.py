@@ -108,3 +108,54 @@ def test_options_out_of_range(tmp_path, out, real_model_path, args, needle):
     r = run_cli("convert", real_model_path, "--out", out, *args)
     assert_user_error(r, 2, needle)
     assert not out.exists()
+
+
+# --- TF2 Object Detection API export folders (issue 15) --------------------------------------
+
+def test_saved_model_without_detection_outputs_names_its_input(tmp_path, out):
+    """A float-input classifier-shaped signature: the one line names the input found."""
+    import tensorflow as tf
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32, name="input_tensor")])
+        def detect(self, x):
+            return {"logits": tf.reduce_mean(x, axis=[1, 2])}
+
+    m = M()
+    tf.saved_model.save(m, str(tmp_path / "export" / "saved_model"), signatures={"serving_default": m.detect})
+    (tmp_path / "export" / "pipeline.config").write_text("model { ssd { num_classes: 4 } }\n")
+    assert_user_error(_convert(tmp_path / "export", out), 2, "lacks outputs", "'input_tensor' float32 [1, ?, ?, 3]",
+                      "logits", "--output")
+    assert not out.exists()
+
+
+def test_export_folder_with_checkpoint_but_no_saved_model(tmp_path, out):
+    """pipeline.config and checkpoint/ without saved_model/: a training folder, not an export."""
+    folder = tmp_path / "ssd_mobilenet_v2"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "pipeline.config").write_text("model { ssd { num_classes: 4 } }\n")
+    (folder / "checkpoint" / "checkpoint").write_text('model_checkpoint_path: "ckpt-0"\n')
+    (folder / "checkpoint" / "ckpt-0.index").write_bytes(b"\0" * 16)
+    (folder / "checkpoint" / "ckpt-0.data-00000-of-00001").write_bytes(b"\0" * 16)
+    assert_user_error(_convert(folder, out), 2, "no model in", "saved_model/", "checkpoint/", "exporter_main_v2")
+    assert not out.exists()
+
+
+def test_pipeline_config_beside_frozen_graph_is_not_read(tmp_path, out, two_stage_graph):
+    """The graph is the model: a pipeline.config beside it (here one that would not even parse, and
+    names another input size and class count) changes nothing."""
+    import shutil
+
+    from detzoo.manifest import Manifest
+
+    folder = tmp_path / "faster_rcnn"
+    folder.mkdir()
+    shutil.copy(two_stage_graph, folder / "frozen_inference_graph.pb")
+    (folder / "pipeline.config").write_text(
+        "model { faster_rcnn { num_classes: 90 image_resizer { fixed_shape_resizer { height: 300 width: 300 } } }\n"
+        "this is { not a pipeline config\n")
+    r = _convert(folder, out)
+    assert r.exit_code == 0, r.output
+    m = Manifest.load(out)
+    assert m.source["format"] == "frozen_graph" and m.source["model"].endswith("frozen_inference_graph.pb")
+    assert m.io.resize is None and m.source_spec().resize is None and m.source_spec().num_classes != 90
