@@ -35,9 +35,9 @@ def _unwrapped(path: Path, work: Path) -> Path:
     """The same artifact with its batch Loop inlined again (batch 1): what the Loop costs."""
     import onnx
 
-    from detzoo.quantize.batch1 import specialize_batch1
+    from detzoo.quantize import batch1
 
-    model, _ = specialize_batch1(onnx.load(str(path)))
+    model, _ = batch1.run(onnx.load(str(path)))
     out = work / (path.stem + ".batch1.onnx")
     onnx.save(model, str(out))
     return out

@@ -52,10 +52,9 @@ def build(root: Path, say) -> tuple[dict, object, dict]:
     from detzoo.images import decode_image, demo_dir
     from detzoo.manifest import Manifest
     from detzoo.quantize import QuantizeConfig, quantize
-    from detzoo.quantize.calibration import CalibMethod, calibrate, pick_calibration_images
-    from detzoo.quantize.core import equalize_prepared, prepare
-    from detzoo.quantize.int8 import Int8Settings, int8_op_types, quantize_int8, stem_exclusions
-    from detzoo.quantize.plan import make_plan
+    from detzoo.quantize import calibration, cle as equalization, int8, plan as precision, prepare
+    from detzoo.quantize.calibration import pick_calibration_images
+    from detzoo.quantize.int8 import Int8Settings, int8_op_types, stem_exclusions
     from detzoo.quantize.weights import collect_layer_stats, saturation_report
     from detzoo.runners import preprocess
 
@@ -65,21 +64,20 @@ def build(root: Path, say) -> tuple[dict, object, dict]:
         convert(ConvertConfig(source=default_model_path(), out=entry))
     m = Manifest.load(entry)
     fp32 = entry / m.variants["fp32"].file
-    prepared, _, _ = prepare(fp32, root)
+    prepared, _, _ = prepare.run(fp32, root)
     model = onnx.load(str(prepared))
-    plan = make_plan(model)
+    plan = precision.run(model)
     for node, why in stem_exclusions(model, plan).items():
         plan.exclude(node, why)
     calib = pick_calibration_images(demo_dir("calib"), None, [], at_most=256)
     sources = {False: prepared}
     say("CLE")
-    sources[True], cle_report = equalize_prepared(prepared, model, calib, m.io, root, say)
+    sources[True], cle_report = equalization.run(prepared, model, calib, m.io, root, say)
     prep = {}
     for cle, src in sources.items():
         t = time.perf_counter()
         cache = root / f"calib_cle{int(cle)}.json"
-        calibrate(src, calib, m.io, CalibMethod.MINMAX, int8_op_types(plan), Int8Settings().calibrator_options(),
-                  cache)
+        calibration.run(src, calib, m.io, int8_op_types(plan), cache, Int8Settings().calibration())
         stats = collect_layer_stats(src, plan.reduced({"Conv"}), (preprocess(decode_image(p), m.io)
                                                                  for p in calib.files))
         prep[cle] = (src, cache, stats, time.perf_counter() - t)
@@ -89,7 +87,7 @@ def build(root: Path, say) -> tuple[dict, object, dict]:
         settings = Int8Settings(**kw)
         out = root / f"row{len(models)}.onnx"
         t = time.perf_counter()
-        quantize_int8(src, plan, settings, cache, out, stats)
+        int8.run(src, plan, settings, cache, out, stats)
         say(f"{name}: {time.perf_counter() - t:.1f}s")
         port = saturation_report(onnx.load(str(out)))
         info["rows"][name] = {"seconds": round(time.perf_counter() - t, 1), "saturation_safe": port["saturation_safe"],

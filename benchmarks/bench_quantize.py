@@ -85,7 +85,7 @@ def _build_models(root: Path, say) -> tuple[dict, object, dict]:
     from detzoo.images import demo_dir, list_images
     from detzoo.manifest import Manifest
     from detzoo.quantize import QuantizeConfig, quantize
-    from detzoo.quantize.core import prepare
+    from detzoo.quantize import prepare
 
     entry = root / "entry"
     say("convert")
@@ -103,7 +103,7 @@ def _build_models(root: Path, say) -> tuple[dict, object, dict]:
     m = Manifest.load(entry)
     m_md = Manifest.load(md)
     say("fp32 batch-1 and the naive int8 baseline")
-    prepared, _, _ = prepare(entry / m.variants["fp32"].file, root)  # root/prepared.onnx
+    prepared, _, _ = prepare.run(entry / m.variants["fp32"].file, root)  # root/prepared.onnx
     naive = naive_int8(entry / m.variants["fp32"].file, list_images(demo_dir("calib")), m.io, root / "naive.int8.onnx")
     models = {
         "ONNX fp32": entry / m.variants["fp32"].file,

@@ -122,9 +122,16 @@ def check_parity(source: Runner, artifact: Runner, images_dir, tolerance: Parity
             skipped.append(str(e))
     if not decoded:
         raise DetzooError(f"no usable images for the parity check in {images_dir}")
+    return compare_runners(source, artifact, decoded, tolerance, feed, skipped)
+
+
+def compare_runners(source: Runner, artifact: Runner, images, tolerance: ParityTolerance,
+                    feed: tuple[int, int] | None = None, skipped: list | None = None) -> ParityReport:
+    """Parity of two built runners on ``images``, (key, decoded image) pairs taken one at a time
+    (quantize checks its fp32 batch-1 variant with it); ``feed`` as in ``check_parity``."""
 
     def pairs():
-        for key, img in decoded:
+        for key, img in images:
             hw = img.shape[:2]
             if feed is not None:
                 from detzoo.runners import resize_like_cv2
@@ -132,4 +139,4 @@ def check_parity(source: Runner, artifact: Runner, images_dir, tolerance: Parity
                 img = resize_like_cv2(img, *feed)
             yield key, hw, source.detect(img, image_hw=hw), artifact.detect(img, image_hw=hw)
 
-    return ParityReport(agreement(pairs(), tolerance.min_score, tolerance.iou), tolerance, skipped)
+    return ParityReport(agreement(pairs(), tolerance.min_score, tolerance.iou), tolerance, list(skipped or []))

@@ -5,6 +5,10 @@ same two functions verify and the parity check use, so the int8 ranges describe 
 model will see. Images are decoded one at a time, and onnxruntime's calibrater is driven in
 chunks (its histogram and min/max collectors merge across calls), so hundreds of images need the
 memory of one chunk of activations, not of all of them.
+
+Owns the calibration pass (``run``, configured by ``CalibrationConfig``: onnxruntime's range
+cache for the ops to quantize), picking the images, and how they are fed (``fed_io``,
+``ImageReader``). Must not touch the model: the calibrator augments a copy in a temporary folder.
 """
 
 from __future__ import annotations
@@ -124,6 +128,13 @@ def check_feedable(model, io: IOSpec, image: np.ndarray) -> None:
                           f"the manifest's preprocessing ({io.preprocessing}) gives {got}")
 
 
+def fed_io(io: IOSpec, feed_size) -> IOSpec:
+    """``io`` with the zoo's feeding in front: an OpenCV resize to ``feed_size`` before the model."""
+    if not feed_size:
+        return io
+    return IOSpec.from_dict({**io.to_dict(), "resize": list(feed_size), "resize_with": "cv2"})
+
+
 class ImageReader:
     """onnxruntime ``CalibrationDataReader`` over image files, decoding lazily, at most ``limit`` per pass."""
 
@@ -146,9 +157,22 @@ class ImageReader:
         return self.stop - self.start
 
 
-def calibrate(model_path: Path, images: CalibrationImages, io: IOSpec, method: CalibMethod,
-              op_types: list[str], options: dict, cache_path: Path, chunk: int | None = None) -> Path:
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How ranges are collected: onnxruntime's method, its calibrator options and the chunk size."""
+
+    method: CalibMethod = CalibMethod.MINMAX
+    options: dict = field(default_factory=dict)  # create_calibrator's extra_options (Int8Settings.calibrator_options)
+    chunk: int | None = None                     # images per collect_data call; None: CHUNK for minmax, else 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "method", CalibMethod(self.method))
+
+
+def run(model_path: Path, images: CalibrationImages, io: IOSpec, op_types: list[str], cache_path: Path,
+        config: CalibrationConfig = CalibrationConfig()) -> Path:
     """Compute tensor ranges over all calibration images, ``chunk`` at a time; save onnxruntime's cache."""
+    method, chunk = config.method, config.chunk
     if chunk is None:
         chunk = CHUNK if method is CalibMethod.MINMAX else 1
     import onnx
@@ -157,7 +181,7 @@ def calibrate(model_path: Path, images: CalibrationImages, io: IOSpec, method: C
     name = model_input(onnx.load(str(model_path), load_external_data=False))[0]
     with tempfile.TemporaryDirectory(prefix="detzoo-calib-") as tmp, _quiet():
         cal = create_calibrator(Path(model_path), op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                calibrate_method=method.ort, extra_options=options)
+                                calibrate_method=method.ort, extra_options=config.options)
         for start in range(0, len(images.files), chunk):
             cal.collect_data(ImageReader(images.files, io, name, start, chunk))
         save_tensors_data(snap_ranges(cal.compute_data()), cache_path)

@@ -1,11 +1,12 @@
 """Cross-layer equalization (CLE) of a float ONNX model, exact by construction.
 
 Why: a quantized weight is only as fine as its quantization range, and in MobileNetV2 the output
-channels of a depthwise filter differ up to 237x in range (int8.py). Nagel et al. 2019 ("Data-Free
-Quantization") note that for Conv1 -> f -> Conv2 with f positively homogeneous (f(kx) = k f(x) for
-k > 0), multiplying output channel i of Conv1 (weights and bias) by k_i and dividing input channel i
-of Conv2 by k_i leaves the network unchanged; k_i = sqrt(r2_i / r1_i), with r1_i, r2_i the largest
-|weight| of the two channels, makes both ranges sqrt(r1_i r2_i).
+channels of a depthwise filter differ by orders of magnitude in range (BENCHMARKS.md). Nagel et
+al. 2019 ("Data-Free Quantization") note that for Conv1 -> f -> Conv2 with f positively
+homogeneous (f(kx) = k f(x) for k > 0), multiplying output channel i of Conv1 (weights and
+bias) by k_i and dividing input channel i of Conv2 by k_i leaves the network unchanged;
+k_i = sqrt(r2_i / r1_i), with r1_i, r2_i the largest |weight| of the two channels, makes both
+ranges sqrt(r1_i r2_i).
 
 The pass rewrites initializers only, never the graph (so int8.py still folds every Relu6 into a
 quantization range), and scales only what it can prove leaves the outputs unchanged:
@@ -19,12 +20,17 @@ quantization range), and scales only what it can prove leaves the outputs unchan
 * anything else (a tensor or initializer used elsewhere, weights not initializers, grouped Conv2,
   Clip bounds other than [0, M], zero ranges) is skipped and counted in the report.
 
-Measured on the real SSDLite (55 pairs, per-channel int8 weights, per-tensor uint8 activations):
-CLE lowered fidelity AP, 0.915/0.925 -> 0.904/0.897 (check/eval) without bias correction and
-0.984/0.989 -> 0.970/0.965 with it; the float model itself lost 0.004 on eval from the earlier
-clipping. With per-channel weights Conv1's quantization does not depend on k at all (nor does a
-depthwise Conv2's), so CLE only moves the per-tensor activation range between channels and reshapes
-a pointwise Conv2's rows; the paper's gain is for per-tensor weights.
+Measured on the real SSDLite (per-channel int8 weights, per-tensor uint8 activations; figures in
+BENCHMARKS.md, "Figures moved from quantize docstrings"): CLE lowered fidelity AP on the check and
+evaluation images, with and without bias correction, and the float model itself lost a little on
+the evaluation images from the earlier clipping. With per-channel weights Conv1's quantization
+does not depend on k at all (nor does a depthwise Conv2's), so CLE only moves the per-tensor
+activation range between channels and reshapes a pointwise Conv2's rows; the paper's gain is for
+per-tensor weights. Hence it is opt-in (``quantize --cle``), kept for ablation.
+
+Owns the pass (``run``, configured by ``CleConfig``: a copy of the prepared model, equalized with
+Relu6 bounds measured on the calibration images), ``pairs``, ``equalize`` and ``channel_max``.
+Must not touch the graph's nodes (initializers only) nor the model it is given on disk.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detzoo.onnxgraph import consumers as consumer_map, subgraphs
+from detzoo.onnxgraph import consumers as consumer_map, initializers, subgraphs
 
 
 @dataclass
@@ -47,6 +53,11 @@ class CleReport:
 
     def to_json(self) -> dict:
         return {"pairs": self.pairs, "scaled_channels": self.scaled_channels, "skipped": dict(self.skipped)}
+
+
+@dataclass(frozen=True)
+class CleConfig:
+    iterations: int = 2   # equalization rounds over every pair
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,7 @@ def _scan(model) -> tuple[list, Counter]:
     from onnx import TensorProto
 
     g = model.graph
-    inits = {i.name: i for i in g.initializer}
+    inits = initializers(g)
     graph_inputs = {i.name for i in g.input}
     uses = _uses(g)
     consumers = defaultdict(list, consumer_map(g))
@@ -176,7 +187,7 @@ def equalize(model, act_max: dict | None = None, iterations: int = 1) -> CleRepo
     from onnx import numpy_helper
 
     g = model.graph
-    inits = {i.name: i for i in g.initializer}
+    inits = initializers(g)
     found, skipped = _scan(model)
     act_max = {k: np.asarray(v, np.float64).reshape(-1) for k, v in (act_max or {}).items()}
     todo = []
@@ -240,3 +251,26 @@ def channel_max(model_path, tensors: list[str], feeds) -> dict:
             m = np.moveaxis(np.asarray(v), 1, 0).reshape(v.shape[1], -1).max(axis=1)
             out[t] = m if t not in out else np.maximum(out[t], m)
     return out
+
+
+def run(prepared, model, calib, io, work, say=None, config: CleConfig = CleConfig()) -> tuple:
+    """Cross-layer equalization of the prepared model (a copy, ``work``/prepared_cle.onnx), Relu6 bounds
+    measured on the calibration images; returns the copy's path and the report's JSON.
+
+    ``model`` is ``prepared`` loaded; ``calib`` the CalibrationImages, fed through ``io``."""
+    import onnx
+
+    from detzoo.images import decode_image
+    from detzoo.runners import preprocess
+
+    found = pairs(model)
+    name = model.graph.input[0].name
+    tensors = sorted({next(n for n in model.graph.node if n.name == p.conv1).output[0] for p in found
+                      if p.clip_max is not None})
+    (say or (lambda msg: None))(f"int8: cross-layer equalization of {len(found)} convolution pairs")
+    act_max = channel_max(prepared, tensors, ({name: preprocess(decode_image(p), io)} for p in calib.files))
+    eq = onnx.load(str(prepared))
+    report = equalize(eq, act_max, iterations=config.iterations)
+    out = work / "prepared_cle.onnx"
+    onnx.save(eq, str(out))
+    return out, report.to_json()

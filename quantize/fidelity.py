@@ -3,7 +3,10 @@
 The reference's detections scoring >= 0.5 are ground truth; the candidate's full detection list is
 scored against them by pycocotools (``detzoo.coco.fidelity``). AP 1.0 means the candidate finds
 every confident reference box at the same place, ranked the same. The reference is the fp32
-artifact, which convert has already checked against the source to 1e-4.
+artifact, which convert has already checked against the source (convert/parity.py's tolerance).
+
+Owns ``FidelityProbe`` (the reference's detections, once) and ``Fidelity``. Must not touch the
+models it scores, nor the scoring itself (detzoo.coco's ``fidelity``).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ converts shared initializers for blocked nodes too. This pass instead converts e
 the precision plan names: their float32 initializers become float16 (a copy where an initializer
 is shared with a float32 node), and one Cast is inserted on each tensor that crosses between the
 two precisions. The image input and the detection outputs keep their types.
+
+Owns that conversion (``run``). Must not touch the plan (plan.py decides which nodes; this pass
+only applies it) nor any node outside it beyond the Casts at its boundary.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ def _to_fp16(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16)
 
 
-def convert_to_fp16(model, nodes: set[str]):
+def run(model, nodes: set[str]):
     """Return a copy of ``model`` in which the named nodes compute in float16."""
     import onnx
     from onnx import helper, numpy_helper
 
-    from detzoo.quantize.plan import node_inputs
+    from detzoo.onnxgraph import initializers
+    from detzoo.quantize.plan import readers
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     g = model.graph
@@ -43,7 +47,7 @@ def convert_to_fp16(model, nodes: set[str]):
     inferred = onnx.shape_inference.infer_shapes(model).graph
     elem = {vi.name: vi.type.tensor_type.elem_type for vi in list(inferred.value_info) + list(inferred.input)
             + list(inferred.output)}
-    inits = {i.name: i for i in g.initializer}
+    inits = initializers(g)
     for name, init in inits.items():
         elem[name] = init.data_type
     def typed(n) -> bool:  # every input and output has a known type: no guessing which ones are float
@@ -51,10 +55,7 @@ def convert_to_fp16(model, nodes: set[str]):
 
     half = [n for n in g.node if n.name in nodes and n.op_type in FP16_OPS and typed(n)]
     half_names = {n.name for n in half}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for t in node_inputs(n):
-            consumers.setdefault(t, []).append(n)
+    consumers = readers(g)
     graph_outputs = {o.name for o in g.output}
 
     def fp16_name(t: str) -> str:

@@ -1,26 +1,31 @@
 """int8 pass: static QDQ quantization of the plan's network nodes, tuned for onnxruntime's CPU kernels.
 
-What makes int8 fast here (measured on the real SSDLite, see benchmarks/bench_quantize.py):
+What makes int8 fast here (measured on the real SSDLite with benchmarks/bench_quantize.py; the
+figures are in BENCHMARKS.md, "Figures moved from quantize docstrings"):
 
 * uint8 asymmetric activations with int8 weights (u8s8, what VNNI's VPDPBUSD multiplies). With
   int8 *symmetric* activations (quantize_static's default) every Relu6 stays a float Clip between
   DequantizeLinear and QuantizeLinear, and onnxruntime fuses no s8s8 depthwise QLinearConv on
-  x86: with this same plan, all 33 depthwise Convs ran in float among 196 DequantizeLinear, 111
-  QuantizeLinear and 60 layout Transposes, 1.27x *slower* than fp32. With uint8 the Relu6 range
-  is the output quantization range itself, the Clip disappears and every quantized Conv fuses.
+  x86: with this same plan every depthwise Conv ran in float among DequantizeLinear,
+  QuantizeLinear and layout Transposes, slower than fp32. With uint8 the Relu6 range is the
+  output quantization range itself, the Clip disappears and every quantized Conv fuses.
 * Only the network is quantized: pre/postprocessing stays float (plan.py), which both keeps the
   accuracy and avoids Q/DQ traffic around ops that have no int8 kernel.
 * The batch-1 pass (batch1.py) removes the map_fn Loops first, so quantization sees every node.
-* Per-channel weights: per-tensor weights cost 22 AP points (0.95 -> 0.74; the largest and
-  smallest channel of a depthwise filter differ up to 237x in range) and were not faster.
+* Per-channel weights: per-tensor weights cost many AP points (the largest and smallest
+  channel of a depthwise filter differ by orders of magnitude in range) and were not faster.
 * One artifact for every CPU (``Int8Target.PORTABLE``): nothing here reads the build machine's
   CPU. Weights are bounded so that no u8 x s8 pair saturates VPMADDUBSW's int16 sum on x86
   without VNNI (weights.py says how, and proves it per artifact); ``Int8Target.VNNI`` allows the
   full 8-bit range for artifacts that will only run where the dot product accumulates in int32.
 * The image-facing stem convolution stays float (stem_exclusions); QOperator format, and keeping
   the Clip nodes, measured the same speed as QDQ. onnxruntime needs graph optimization level
-  "all": at "extended" (no NHWC layout transform) int8 ran at 0.70x fp32 instead of 0.51x, at
-  "basic" (no QDQ fusion) at 2.2x.
+  "all": at "extended" (no NHWC layout transform) int8 lost much of its speed-up over fp32, at
+  "basic" (no QDQ fusion) it ran slower than fp32.
+
+Owns the pass (``run``: the QDQ model from calibrated ranges, configured by ``Int8Settings``),
+the float guard and the stem exclusions. Must not touch the ranges (calibration.py computes them)
+nor the plan's regions (plan.py); the weight values themselves are weights.py's.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detzoo.errors import DetzooError
-from detzoo.quantize.calibration import CalibMethod
+from detzoo.quantize.calibration import CalibMethod, CalibrationConfig
 from detzoo.quantize.plan import INT8_OPS, PrecisionPlan
 
 
@@ -135,6 +140,10 @@ class Int8Settings:
                 opts["num_quantized_bins"] = min(128, self.histogram_bins)
         return opts
 
+    def calibration(self) -> CalibrationConfig:
+        """The calibration pass's config for these settings."""
+        return CalibrationConfig(self.calib_method, self.calibrator_options())
+
     def to_json(self) -> dict:
         return {"format": "QDQ", "calib_method": self.calib_method.value, "per_channel": self.per_channel,
                 "target": self.target.value, "reduce_range": bool(self.reduce_range),
@@ -156,8 +165,8 @@ def guard_float_nodes(model, float_nodes: set[str]) -> list[str]:
     of any such node that sits between a DequantizeLinear with a *scalar* scale and a
     QuantizeLinear (the usual place of a float node inside a quantized network), per tensor and
     silently: an excluded depthwise convolution then runs with per-tensor int8 weights, worse
-    than if it had been quantized per channel (measured on the real SSDLite: returning 12 random
-    convolutions to float dropped fidelity AP from 0.96 to 0.81). Each such node gets its own copy
+    than if it had been quantized per channel (measured on the real SSDLite, BENCHMARKS.md:
+    returning random convolutions to float dropped fidelity). Each such node gets its own copy
     of that DequantizeLinear with the scale and zero point repeated along the channel axis: the
     same values, but no longer scalar, so the transformer leaves the node alone.
     """
@@ -216,8 +225,8 @@ STEM_WHY = ("image-facing convolution ({c} input channels): onnxruntime's int8 k
 def stem_exclusions(model, plan: PrecisionPlan) -> dict[str, str]:
     """Network convolutions fed (almost) directly by the image, with their Clip/Relu: they stay float.
 
-    Measured on the real SSDLite: keeping the 3-channel stem convolution float made the int8 model
-    ~8% faster (its QLinearConv was the slowest node) at equal fidelity.
+    Measured on the real SSDLite (BENCHMARKS.md): keeping the 3-channel stem convolution float made
+    the int8 model faster (its QLinearConv was the slowest node) at equal fidelity.
     """
     from detzoo.onnxgraph import consumers as consumer_map, initializers, producers
     from detzoo.quantize.plan import Region
@@ -249,8 +258,8 @@ def int8_op_types(plan: PrecisionPlan) -> list[str]:
     return sorted({plan.op_types[n] for n in plan.reduced(INT8_OPS)})
 
 
-def quantize_int8(model_path: Path, plan: PrecisionPlan, settings: Int8Settings, cache_path: Path,
-                  out_path: Path, stats: dict | None = None) -> list[str]:
+def run(model_path: Path, plan: PrecisionPlan, settings: Int8Settings, cache_path: Path,
+        out_path: Path, stats: dict | None = None) -> list[str]:
     """Write the QDQ model of ``model_path`` to ``out_path`` from calibrated ranges; returns the quantized nodes.
 
     onnxruntime places the Q/DQ pairs and calibrated activation ranges; the weights and biases are
@@ -278,6 +287,8 @@ def quantize_int8(model_path: Path, plan: PrecisionPlan, settings: Int8Settings,
         guard_float_nodes(model, float_nodes)
     onnx.save(model, str(out_path))
     return nodes
+
+
 
 
 @contextlib.contextmanager

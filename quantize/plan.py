@@ -10,6 +10,10 @@ converter's naming: the *network* is every node that lies on a path between two 
 (Conv, ConvTranspose, MatMul, Gemm), plus those compute nodes; *preprocessing* feeds the first of
 them from the image; *decoding* and *selection* (NMS, TopK, NonZero and everything after them)
 consume the last ones; *constants* (anchors) do not depend on the image at all.
+
+Owns the plan (``run``: regions, and the network nodes later passes return to float with their
+reason) and node naming (``ensure_node_names``). Must not touch the graph beyond names: the
+precision passes (fp16.py, int8.py) apply the plan.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass, field
+
+from detzoo.onnxgraph import consumers as consumer_map, producers, subgraphs
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 SELECTION_OPS = {"NonMaxSuppression", "TopK", "NonZero", "RoiAlign"}
@@ -105,28 +111,34 @@ class PrecisionPlan:
 
 def subgraph_inputs(node) -> set[str]:
     """Outer-scope names a Loop/If/Scan body reads (its implicit inputs)."""
-    import onnx
-
     names: set[str] = set()
 
     def walk(g, defined: set[str]):
         defined = defined | {i.name for i in g.input} | {i.name for i in g.initializer}
         for n in g.node:
             names.update(i for i in n.input if i and i not in defined)
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    walk(a.g, defined)
+            for sub in subgraphs(n):
+                walk(sub, defined)
             defined = defined | set(n.output)
 
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            walk(a.g, set())
+    for sub in subgraphs(node):
+        walk(sub, set())
     return names
 
 
 def node_inputs(node) -> list[str]:
     """Explicit inputs plus, for control flow, the outer-scope names its bodies read."""
     return [i for i in node.input if i] + sorted(subgraph_inputs(node) - set(node.input))
+
+
+def readers(graph) -> dict:
+    """Value name -> the nodes of ``graph`` that read it: ``onnxgraph.consumers``, plus each
+    Loop/If/Scan for the outer-scope names its bodies read."""
+    out = consumer_map(graph)
+    for n in graph.node:
+        for t in sorted(subgraph_inputs(n) - set(n.input)):
+            out.setdefault(t, []).append(n)
+    return out
 
 
 def _float_outputs(model) -> dict[str, bool]:
@@ -142,16 +154,14 @@ def _float_outputs(model) -> dict[str, bool]:
     return out
 
 
-def make_plan(model) -> PrecisionPlan:
+def run(model) -> PrecisionPlan:
     """Classify every top-level node of ``model`` into a Region."""
     g = model.graph
-    nodes = list(g.node)
+    nodes = list(g.node)  # holds each node's message object, so id() names it for this whole call
     names = [n.name or f"#{i}:{n.op_type}" for i, n in enumerate(nodes)]
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    consumers: dict[str, list[int]] = {}
-    for i, n in enumerate(nodes):
-        for t in set(node_inputs(n)):
-            consumers.setdefault(t, []).append(i)
+    at = {id(n): i for i, n in enumerate(nodes)}
+    producer = {t: at[id(n)] for t, n in producers(g).items()}
+    consumers = {t: sorted({at[id(n)] for n in ns}) for t, ns in readers(g).items()}
     is_float = _float_outputs(model)
 
     def reach(start: set[int], neighbours, stop: set[int]) -> set[int]:
@@ -207,6 +217,8 @@ def make_plan(model) -> PrecisionPlan:
             r = Region.SCORE_CONVERSION
         regions[names[i]] = r
     return PrecisionPlan(regions, op_types)
+
+
 
 
 def ensure_node_names(model) -> int:

@@ -21,14 +21,19 @@ Two refinements, each its own switch, need per-layer statistics of the float mod
 calibration images (``collect_layer_stats``: for each quantized convolution, the Gram matrix and
 mean of its input patches, at up to 1024 sampled positions per image):
 
-* ``adaround`` (opt-in: minutes on 2 cores, and no gain on top of bias correction in the
-  BENCHMARKS.md ablation): the rounding of each weight (up or down) is optimized layer by layer so that the
+* ``adaround`` (opt-in: slow, and no gain on top of bias correction in the BENCHMARKS.md
+  ablation): the rounding of each weight (up or down) is optimized layer by layer so that the
   layer's output on the calibration inputs moves least (AdaRound, Nagel et al. 2020). The
   reconstruction error ||(W~ - W) X||^2 equals tr(dW G dW^T) with G = X^T X, so each step costs
   one product with the Gram matrix, not a pass over the images;
 * ``bias_correction`` (default): the mean output shift the quantized weights cause,
   (W~ - W) E[x], is subtracted from the bias (Nagel et al. 2019, "data-free quantization", with
   measured E[x]); it is what wins back the accuracy the bounded weights cost.
+
+Owns the int8 weights and biases after onnxruntime's QDQ quantization (``requantize_weights``,
+configured by ``WeightConfig``), the layer statistics and the artifact's saturation proof
+(``saturation_report``). Must not touch the graph's nodes or activation ranges: int8.py places
+the Q/DQ pairs, calibration.py measures the ranges.
 """
 
 from __future__ import annotations
@@ -133,7 +138,7 @@ def weight_layers(model, subgraphs: bool = False, uint8: bool = False) -> list[W
     installed artifacts, whose batch Loop holds the network."""
     from onnx import TensorProto, numpy_helper
 
-    from detzoo.onnxgraph import initializers, producers, subgraphs
+    from detzoo.onnxgraph import initializers, producers, subgraphs as bodies
 
     types = (TensorProto.INT8, TensorProto.UINT8) if uint8 else (TensorProto.INT8,)
     out = []
@@ -164,7 +169,7 @@ def weight_layers(model, subgraphs: bool = False, uint8: bool = False) -> list[W
             out.append(layer)
         if subgraphs:
             for n in g.node:
-                for sub in subgraphs(n):
+                for sub in bodies(n):
                     visit(sub, inits)
 
     visit(model.graph, {})
@@ -277,10 +282,12 @@ def requantize_weights(qdq_model, float_model, cfg: WeightConfig, stats: dict | 
     """
     from onnx import numpy_helper
 
+    from detzoo.onnxgraph import initializers
+
     g = qdq_model.graph
-    inits = {i.name: i for i in g.initializer}
+    inits = initializers(g)
     fnodes = {n.name: n for n in float_model.graph.node}
-    finits = {i.name: i for i in float_model.graph.initializer}
+    finits = initializers(float_model.graph)
     report = WeightReport()
     for layer in weight_layers(qdq_model):
         fn = fnodes.get(layer.node)
@@ -413,9 +420,11 @@ def collect_layer_stats(float_path, nodes, batches, threads: int = 1, seed: int 
     import onnx
     import onnxruntime as ort
 
+    from detzoo.onnxgraph import initializers
+
     nodes = set(nodes)
     model = onnx.load(str(float_path))
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = initializers(model.graph)
     targets = [(n, list(inits[n.input[1]].dims), is_depthwise(n, list(inits[n.input[1]].dims)))
                for n in model.graph.node if n.name in nodes and n.op_type == "Conv" and n.input[1] in inits]
     have = {o.name for o in model.graph.output}

@@ -9,10 +9,11 @@ import pytest
 
 from detzoo.errors import DetzooError
 from detzoo.images import demo_dir, list_images
-from detzoo.quantize.calibration import (CalibMethod, ImageReader, calibrate, check_feedable,
+from detzoo.quantize import calibration
+from detzoo.quantize.calibration import (CalibMethod, CalibrationConfig, ImageReader, check_feedable,
                                          pick_calibration_images)
 from detzoo.quantize.int8 import Int8Settings, IntType
-from detzoo.quantize.plan import make_plan
+from detzoo.quantize.plan import run as make_plan
 from detzoo.runners import preprocess
 from detzoo.source import IOSpec, TensorSpec
 from tests.quantize.graphs import tiny_detector
@@ -92,8 +93,8 @@ def test_chunked_calibration_runs_every_method(tmp_path, calib_dir, method):
     onnx.save(tiny_detector(), path)
     picked = pick_calibration_images(calib_dir, 5)
     settings = Int8Settings(calib_method=method)
-    cache = calibrate(path, picked, _io(), method, ["Conv", "Clip"], settings.calibrator_options(),
-                      tmp_path / f"{method.value}.json", chunk=2)
+    cache = calibration.run(path, picked, _io(), ["Conv", "Clip"], tmp_path / f"{method.value}.json",
+                            CalibrationConfig(method, settings.calibrator_options(), chunk=2))
     assert "c1" in cache.read_text() or "r1" in cache.read_text()
 
 
@@ -102,8 +103,10 @@ def test_minmax_ranges_do_not_depend_on_the_chunk_size(tmp_path, calib_dir):
     onnx.save(tiny_detector(), path)
     picked = pick_calibration_images(calib_dir, 5)
     opts = Int8Settings().calibrator_options()
-    a = calibrate(path, picked, _io(), CalibMethod.MINMAX, ["Conv", "Clip"], opts, tmp_path / "a.json", chunk=2)
-    b = calibrate(path, picked, _io(), CalibMethod.MINMAX, ["Conv", "Clip"], opts, tmp_path / "b.json", chunk=50)
+    a = calibration.run(path, picked, _io(), ["Conv", "Clip"], tmp_path / "a.json",
+                        CalibrationConfig(CalibMethod.MINMAX, opts, chunk=2))
+    b = calibration.run(path, picked, _io(), ["Conv", "Clip"], tmp_path / "b.json",
+                        CalibrationConfig(CalibMethod.MINMAX, opts, chunk=50))
     assert json.loads(a.read_text()) == json.loads(b.read_text())
 
 
@@ -138,7 +141,8 @@ def test_stem_convolution_stays_float_for_int8():
 
 
 def test_sensitivity_ranks_every_quantized_conv(tmp_path, calib_dir):
-    from detzoo.quantize.int8 import int8_op_types, quantize_int8
+    from detzoo.quantize import int8
+    from detzoo.quantize.int8 import int8_op_types
     from detzoo.quantize.search import rank_sensitivity
 
     path = tmp_path / "m.onnx"
@@ -147,9 +151,8 @@ def test_sensitivity_ranks_every_quantized_conv(tmp_path, calib_dir):
     plan = make_plan(model)
     settings = Int8Settings()
     picked = pick_calibration_images(calib_dir, 3)
-    cache = calibrate(path, picked, _io(), CalibMethod.MINMAX, int8_op_types(plan), settings.calibrator_options(),
-                      tmp_path / "c.json")
-    quantized = quantize_int8(path, plan, settings, cache, tmp_path / "q.onnx")
+    cache = calibration.run(path, picked, _io(), int8_op_types(plan), tmp_path / "c.json", settings.calibration())
+    quantized = int8.run(path, plan, settings, cache, tmp_path / "q.onnx")
     ranked = rank_sensitivity(path, plan, quantized, cache, settings, picked.files[:2], _io())
     assert {n for n, _ in ranked} == {"conv1", "conv2", "box_head", "score_head"}
     scores = [e for _, e in ranked]

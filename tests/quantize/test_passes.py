@@ -5,10 +5,10 @@ import onnx
 import pytest
 
 from detzoo.errors import DetzooError
-from detzoo.quantize.batch1 import specialize_batch1
-from detzoo.quantize.fp16 import convert_to_fp16
+from detzoo.quantize.batch1 import run as specialize_batch1
+from detzoo.quantize.fp16 import run as convert_to_fp16
 from detzoo.quantize.int8 import guard_float_nodes
-from detzoo.quantize.plan import Region, make_plan
+from detzoo.quantize.plan import Region, run as make_plan
 from tests.quantize.graphs import dq_conv_model, map_loop_model, ort_run, tiny_detector
 
 

@@ -121,7 +121,7 @@ def test_interrupt_mid_way_leaves_folder_intact(sm_entry, shapes_split, monkeypa
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("detzoo.quantize.int8.quantize_int8", boom)
+    monkeypatch.setattr("detzoo.quantize.int8.run", boom)
     with pytest.raises(KeyboardInterrupt):
         core.quantize(core.QuantizeConfig(folder=sm_entry, calib_images=shapes_split[0], calib_count=3, force=True))
     assert snapshot(sm_entry) == before

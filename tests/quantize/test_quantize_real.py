@@ -85,7 +85,7 @@ def test_int8_targets_and_plan(quantized):
 
 
 def test_batch1_specialization_is_exact(real_fp32_dir, tmp_path):
-    from detzoo.quantize.core import prepare
+    from detzoo.quantize.prepare import run as prepare
 
     m = Manifest.load(real_fp32_dir)
     fp32 = real_fp32_dir / m.variants["fp32"].file

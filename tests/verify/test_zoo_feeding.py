@@ -136,7 +136,8 @@ def test_quantize_feed_size_calibrates_on_the_zoo_feeding(shapes):
     """int8 is calibrated on exactly what evaluation feeds: with --feed-size, the OpenCV resize first."""
     from detzoo.images import decode_image, list_images
     from detzoo.quantize.calibration import ImageReader
-    from detzoo.quantize.core import QuantizeConfig, fed_io
+    from detzoo.quantize.calibration import fed_io
+    from detzoo.quantize.core import QuantizeConfig
     from detzoo.runners import resize_like_cv2
     from detzoo.source import IOSpec, TensorSpec
 
