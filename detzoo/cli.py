@@ -271,8 +271,8 @@ def build(source: Optional[Path] = typer.Argument(None, help="TF model (default:
           out: Path = typer.Option(..., "--out", help="Output folder: the zoo entry"),
           images: Optional[Path] = O.IMAGES.cli(),
           annotations: Optional[Path] = O.ANNOTATIONS.cli(),
-          calib_images: Optional[Path] = typer.Option(None, "--calib-images",
-                                                      help="int8 calibration images (default: demo calib frames)"),
+          calib_images: Optional[Path] = O.CALIB_IMAGES.cli(help="int8 calibration images (default: demo calib "
+                                                                 "frames)"),
           precisions: str = typer.Option("fp32,fp16,int8", "--precisions", help="Variants to build and verify"),
           max_drop: float = O.MAX_DROP.cli(),
           threads: int = O.THREADS.cli(),
@@ -353,40 +353,24 @@ def add(folder: Path = typer.Argument(..., help="A zoo entry holding manifest.js
 
 @app.command()
 def quantize(folder: Path = typer.Argument(..., help="Output folder holding manifest.json and the fp32 artifact"),
-             fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="Build <name>.fp16.onnx"),
-             int8: bool = typer.Option(True, "--int8/--no-int8", help="Build <name>.int8.onnx"),
-             calib_images: Optional[Path] = typer.Option(None, "--calib-images",
-                                                         help="Calibration images (default: demo calib frames)"),
-             calib_count: Optional[int] = typer.Option(None, "--calib-count",
-                                                       help="Use the first N usable calibration images (default: all, "
-                                                            "at most 256)"),
-             calib_method: str = typer.Option("minmax", "--calib-method", help="minmax, entropy or percentile"),
-             per_channel: bool = typer.Option(True, "--per-channel/--no-per-channel", help="Per-channel int8 weights"),
-             int8_target: str = typer.Option("portable", "--int8-target",
-                                             help="portable: exact on every CPU (no u8 x s8 pair can saturate "
-                                                  "without VNNI); vnni: full 8-bit weights, for VNNI/ARM only"),
-             reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--no-reduce-range",
-                                                         help="--reduce-range: 7-bit weights everywhere "
-                                                              "(default: the target's bound)"),
-             bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction",
-                                                  help="int8: subtract the mean output shift of quantized weights"),
-             adaround: bool = typer.Option(False, "--adaround/--no-adaround",
-                                           help="int8: optimize weight rounding layer by layer (slower)"),
-             cle: bool = typer.Option(False, "--cle/--no-cle",
-                                      help="int8: cross-layer equalization first (see BENCHMARKS.md)"),
-             max_drop: Optional[float] = typer.Option(None, "--max-drop",
-                                                      help="int8: largest fidelity AP drop, in points; returns the "
-                                                           "most sensitive nodes to float until it fits"),
-             check_images: Optional[Path] = typer.Option(None, "--check-images",
-                                                         help="Held-out images for fidelity (default: demo eval frames)"),
+             fp16: bool = O.FP16.cli(),
+             int8: bool = O.INT8.cli(),
+             calib_images: Optional[Path] = O.CALIB_IMAGES.cli(),
+             calib_count: Optional[int] = O.CALIB_COUNT.cli(),
+             calib_method: str = O.CALIB_METHOD.cli(),
+             per_channel: bool = O.PER_CHANNEL.cli(),
+             int8_target: str = O.INT8_TARGET.cli(),
+             reduce_range: Optional[bool] = O.REDUCE_RANGE.cli(),
+             bias_correction: bool = O.BIAS_CORRECTION.cli(),
+             adaround: bool = O.ADAROUND.cli(),
+             cle: bool = O.CLE.cli(),
+             max_drop: Optional[float] = O.SEARCH_MAX_DROP.cli(),
+             check_images: Optional[Path] = O.CHECK_IMAGES.cli(),
              check_limit: Optional[int] = O.CHECK_LIMIT.cli(),
              threads: int = O.THREADS.cli(help="Intra-op threads for onnxruntime"),
-             fp32_batch1: bool = typer.Option(False, "--fp32-batch1",
-                                              help="Also add <name>.fp32-batch1.onnx: fp32 with Loops inlined "
-                                                   "(parity-checked)"),
-             feed_size: Optional[str] = typer.Option(None, "--feed-size",
-                                                     help="Calibrate and check on images resized to HxW first, as "
-                                                          "verify --feed-size (the zoo's runner) feeds them"),
+             fp32_batch1: bool = O.FP32_BATCH1.cli(),
+             feed_size: Optional[str] = O.FEED_SIZE.cli(help="Calibrate and check on images resized to HxW first, as "
+                                                             "verify --feed-size (the zoo's runner) feeds them"),
              force: bool = O.FORCE.cli(help="Replace existing fp16/int8 artifacts"),
              allow_unsafe_ops: bool = O.ALLOW_UNSAFE_OPS.cli(),
              quiet: bool = O.QUIET.cli()):

@@ -30,7 +30,7 @@ class Opt:
 
     @property
     def attr(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
+        return self.flag.split("/")[0].lstrip("-").replace("-", "_")
 
     def cli(self, default=..., help: str | None = None):
         """A typer option with this flag, default and help (``default``/``help``: a command's own)."""
@@ -73,6 +73,28 @@ QUIET = Opt("--quiet", False, "No progress bars, warnings or summary")
 # --- convert -------------------------------------------------------------------------------
 OPSET = Opt("--opset", 17, "ONNX opset", low=13, high=18, integer=True)
 CHECK_LIMIT = Opt("--check-limit", None, "Use at most N check images", low=1, integer=True)
+
+# --- quantize ------------------------------------------------------------------------------
+FP16 = Opt("--fp16/--no-fp16", True, "Build <name>.fp16.onnx")
+INT8 = Opt("--int8/--no-int8", True, "Build <name>.int8.onnx")
+CALIB_IMAGES = Opt("--calib-images", None, "Calibration images (default: demo calib frames)")
+CALIB_COUNT = Opt("--calib-count", None, "Use the first N usable calibration images (default: all, at most 256)",
+                  low=1, integer=True)
+CALIB_METHOD = Opt("--calib-method", "minmax", "minmax, entropy or percentile")
+PER_CHANNEL = Opt("--per-channel/--no-per-channel", True, "Per-channel int8 weights")
+INT8_TARGET = Opt("--int8-target", "portable", "portable: exact on every CPU (no u8 x s8 pair can saturate without "
+                  "VNNI); vnni: full 8-bit weights, for VNNI/ARM only")
+REDUCE_RANGE = Opt("--reduce-range/--no-reduce-range", None, "--reduce-range: 7-bit weights everywhere (default: "
+                   "the target's bound)")
+BIAS_CORRECTION = Opt("--bias-correction/--no-bias-correction", True,
+                      "int8: subtract the mean output shift of quantized weights")
+ADAROUND = Opt("--adaround/--no-adaround", False, "int8: optimize weight rounding layer by layer (slower)")
+CLE = Opt("--cle/--no-cle", False, "int8: cross-layer equalization first (see BENCHMARKS.md)")
+SEARCH_MAX_DROP = Opt("--max-drop", None, "int8: largest fidelity AP drop, in points; returns the most sensitive "
+                      "nodes to float until it fits", low=0, high=100, unit="AP points")
+CHECK_IMAGES = Opt("--check-images", None, "Held-out images for fidelity (default: demo eval frames)")
+FP32_BATCH1 = Opt("--fp32-batch1", False, "Also add <name>.fp32-batch1.onnx: fp32 with Loops inlined "
+                  "(parity-checked)")
 
 # --- verify (and build, merge, reverify) ----------------------------------------------------
 IMAGES = Opt("--images", None, "Images folder (default without annotations: demo frames)", envvar="COCO_IMG_PATH")
