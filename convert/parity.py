@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from detzoo.detections import Agreement, agreement
+from detzoo.options import MAX_UNMATCHED, PARITY_MIN_SCORE
 from detzoo.errors import DetzooError
 from detzoo.images import ImageError, decode_image, list_images
 from detzoo.runners import Runner
@@ -40,9 +41,9 @@ class ParityTolerance:
 
     score_atol: float | None = None
     box_atol: float | None = None
-    min_score: float = 0.3
+    min_score: float = PARITY_MIN_SCORE.default
     iou: float = 0.5
-    max_unmatched: int = 0
+    max_unmatched: int = MAX_UNMATCHED.default
     steps: float | None = None        # the atols are this many output quantization steps
     score_step: float | None = None
     box_step: float | None = None
@@ -59,8 +60,7 @@ class ParityTolerance:
             raise DetzooError(f"--parity-min-score must be in [0, 1), got {self.min_score}")
         if not 0 < self.iou <= 1:
             raise DetzooError(f"parity IoU must be in (0, 1], got {self.iou}")
-        if self.max_unmatched < 0:
-            raise DetzooError(f"--max-unmatched must be >= 0, got {self.max_unmatched}")
+        MAX_UNMATCHED.check(self.max_unmatched)
 
     def for_source(self, steps) -> "ParityTolerance":
         """The tolerance for a source whose output quantization is ``steps`` (an ``OutputSteps``,

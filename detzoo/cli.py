@@ -142,14 +142,10 @@ def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
             check: bool = typer.Option(True, "--check/--no-check", help="Parity check against the source"),
             check_images: Optional[Path] = typer.Option(None, help="Images for the parity check (default: demo frames)"),
             check_limit: Optional[int] = O.CHECK_LIMIT.cli(help="Use at most N parity images"),
-            score_atol: Optional[float] = typer.Option(
-                None, help="Parity: max |score diff| of matched detections [default: 1e-4; an integer "
-                           "TFLite source: 2 of its output quantization steps]"),
-            box_atol: Optional[float] = typer.Option(
-                None, help="Parity: max |box diff|, in units of image size [default: 1e-4; an integer "
-                           "TFLite source: 2 of its output quantization steps]"),
-            parity_min_score: float = typer.Option(0.3, help="Parity: compare detections scoring at least this"),
-            max_unmatched: int = typer.Option(0, help="Parity: detections allowed without a counterpart"),
+            score_atol: Optional[float] = O.SCORE_ATOL.cli(),
+            box_atol: Optional[float] = O.BOX_ATOL.cli(),
+            parity_min_score: float = O.PARITY_MIN_SCORE.cli(),
+            max_unmatched: int = O.MAX_UNMATCHED.cli(),
             threads: int = O.THREADS.cli(),
             input_size: Optional[List[str]] = O.INPUT_SIZE.cli(),
             input_name: Optional[str] = typer.Option(None, "--input-name",
@@ -306,7 +302,7 @@ def build(source: Optional[Path] = typer.Argument(None, help="TF model (default:
 
 @app.command()
 def reverify(folder: Path = typer.Argument(..., help="A zoo entry made by 'detzoo build' or 'detzoo verify'"),
-             tolerance: float = typer.Option(0.002, "--tolerance", help="Allowed move of a COCO stat (AP units)"),
+             tolerance: float = O.DRIFT_TOLERANCE.cli(),
              allow_unsafe_ops: bool = O.ALLOW_UNSAFE_OPS.cli(),
              quiet: bool = O.QUIET.cli()):
     """Replay a zoo entry: check every sha256, re-run verification, exit 1 on drift."""
@@ -314,8 +310,10 @@ def reverify(folder: Path = typer.Argument(..., help="A zoo entry made by 'detzo
 
     from detzoo.verify.reverify import reverify as run_reverify
 
-    if not tolerance >= 0:
-        _fail(DetzooError(f"--tolerance must be >= 0, got {tolerance}"))
+    try:
+        O.DRIFT_TOLERANCE.check(tolerance)
+    except DetzooError as e:
+        _fail(e)
     try:
         res = run_reverify(folder, tolerance, None if quiet else Console(stderr=True), allow_unsafe_ops)
     except DetzooError as e:

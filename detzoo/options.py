@@ -73,6 +73,12 @@ QUIET = Opt("--quiet", False, "No progress bars, warnings or summary")
 # --- convert -------------------------------------------------------------------------------
 OPSET = Opt("--opset", 17, "ONNX opset", low=13, high=18, integer=True)
 CHECK_LIMIT = Opt("--check-limit", None, "Use at most N check images", low=1, integer=True)
+SCORE_ATOL = Opt("--score-atol", None, "Parity: max |score diff| of matched detections [default: 1e-4; an integer "
+                 "TFLite source: 2 of its output quantization steps]")
+BOX_ATOL = Opt("--box-atol", None, "Parity: max |box diff|, in units of image size [default: 1e-4; an integer "
+               "TFLite source: 2 of its output quantization steps]")
+PARITY_MIN_SCORE = Opt("--parity-min-score", 0.3, "Parity: compare detections scoring at least this")
+MAX_UNMATCHED = Opt("--max-unmatched", 0, "Parity: detections allowed without a counterpart", low=0, integer=True)
 
 # --- quantize ------------------------------------------------------------------------------
 FP16 = Opt("--fp16/--no-fp16", True, "Build <name>.fp16.onnx")
@@ -110,6 +116,7 @@ BATCH = Opt("--batch", 1, "Latency and throughput at this batch size", low=1, in
 FEED_SIZE = Opt("--feed-size", None, "Resize every image to HxW first, as the zoo's runner does (OpenCV bilinear), "
                 "e.g. 640x640")
 VARIANTS = Opt("--variants", None, "Variants to verify, e.g. fp32,int8")
+DRIFT_TOLERANCE = Opt("--tolerance", 0.002, "Allowed move of a COCO stat (AP units)", low=0)
 
 
 @dataclass(kw_only=True)

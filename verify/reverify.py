@@ -19,9 +19,10 @@ from detzoo.cpu import cpu_class
 from detzoo.errors import DetzooError
 from detzoo.fsutil import sha256_path
 from detzoo.manifest import MANIFEST, Manifest, tool_versions
+from detzoo.options import DRIFT_TOLERANCE
 from detzoo.verify.report import VerifyReport
 
-DEFAULT_TOLERANCE = 0.002  # AP units: 0.2 points, above run-to-run noise of a deterministic CPU pass
+DEFAULT_TOLERANCE = DRIFT_TOLERANCE.default  # AP units: 0.2 points, above run-to-run noise of a deterministic CPU pass
 
 
 @dataclass
