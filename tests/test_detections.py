@@ -46,3 +46,19 @@ def test_agreement_counts_and_tolerates_threshold_slips():
     assert a.max_box_diff == pytest.approx(0.01, abs=1e-6)
     lost = agreement([("img", (100, 100), ref, Detections.empty())], min_score=0.3)
     assert lost.unmatched_reference == 2 and lost.matched_share == 0.0
+
+
+def test_identical_zero_area_boxes_match():
+    """Zero-height boxes (what CenterNet outputs where its size head is <= 0) returned identically by
+    source and artifact are the same detection. They had IoU 0, so the CenterNet fixture with its box
+    heads left seeded (tests/fixtures/tf2zoo_build_centernet.py --raw-boxes) matched 83/199
+    detections >= 0.3, 116 unmatched each side, all zero-area and identical in TF and onnxruntime.
+    A zero-area box still matches nothing else."""
+    boxes = np.array([[0.17, 0.77, 0.17, 0.92], [0.30, 0.16, 0.58, 0.53]], dtype=np.float32)  # ymin==ymax, normal
+    d = Detections.from_od_api([2], boxes[None], [[0.9, 0.8]], [[2.0, 2.0]], (128, 128))
+    assert iou_matrix(d.boxes, d.boxes).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    a = agreement([("img", (128, 128), d, d)])
+    assert (a.reference, a.matched, a.unmatched_reference, a.unmatched_candidate) == (2, 2, 0, 0)
+    moved = d.boxes.copy()
+    moved[0, 0] += 1.0  # the same zero-height line, one pixel to the right: not the same box
+    assert iou_matrix(d.boxes[:1], moved[:1]).tolist() == [[0.0]]
