@@ -22,7 +22,7 @@ from detzoo.manifest import MANIFEST, Manifest, Variant
 from detzoo.contract import fixed_size_io, fixed_size_name
 from detzoo.onnxcanon import canonicalize
 from detzoo.runners import OrtRunner, source_runner
-from detzoo.options import ALLOW_UNSAFE_OPS, CHECK_LIMIT, FORCE, OPSET, THREADS, check
+from detzoo.options import ALLOW_UNSAFE_OPS, CHECK, CHECK_LIMIT, FORCE, OPSET, THREADS, check
 from detzoo.source import OUTPUT_ROLES, IOSpec, ModelFormat, ModelSource, open_source
 from detzoo.convert.iodetect import detect_io
 from detzoo.convert.loading import load_model_graph
@@ -38,7 +38,7 @@ class ConvertConfig:
     output_names: list | None = None
     name: str | None = None
     force: bool = FORCE.default
-    check: bool = True
+    check: bool = CHECK.default
     check_images: Path | None = None
     check_limit: int | None = CHECK_LIMIT.default
     threads: int = THREADS.default

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detzoo.errors import CheckFailed, DetzooError
+from detzoo import options
 from detzoo.options import FORCE, MeasureOptions
 
 if TYPE_CHECKING:
     from detzoo.verify.report import VerifyReport
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = tuple(options.PRECISIONS.default.split(","))  # fp32, fp16, int8
 
 
 @dataclass

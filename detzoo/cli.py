@@ -139,7 +139,7 @@ def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
                                                        help="Output names: num, boxes, scores, classes"),
             name: Optional[str] = typer.Option(None, help="Artifact name stem (default: from the source)"),
             force: bool = O.FORCE.cli(),
-            check: bool = typer.Option(True, "--check/--no-check", help="Parity check against the source"),
+            check: bool = O.CHECK.cli(),
             check_images: Optional[Path] = typer.Option(None, help="Images for the parity check (default: demo frames)"),
             check_limit: Optional[int] = O.CHECK_LIMIT.cli(help="Use at most N parity images"),
             score_atol: Optional[float] = O.SCORE_ATOL.cli(),
@@ -269,7 +269,7 @@ def build(source: Optional[Path] = typer.Argument(None, help="TF model (default:
           annotations: Optional[Path] = O.ANNOTATIONS.cli(),
           calib_images: Optional[Path] = O.CALIB_IMAGES.cli(help="int8 calibration images (default: demo calib "
                                                                  "frames)"),
-          precisions: str = typer.Option("fp32,fp16,int8", "--precisions", help="Variants to build and verify"),
+          precisions: str = O.PRECISIONS.cli(),
           max_drop: float = O.MAX_DROP.cli(),
           threads: int = O.THREADS.cli(),
           limit: Optional[int] = O.LIMIT.cli(),

@@ -72,6 +72,7 @@ QUIET = Opt("--quiet", False, "No progress bars, warnings or summary")
 
 # --- convert -------------------------------------------------------------------------------
 OPSET = Opt("--opset", 17, "ONNX opset", low=13, high=18, integer=True)
+CHECK = Opt("--check/--no-check", True, "Parity check against the source")
 CHECK_LIMIT = Opt("--check-limit", None, "Use at most N check images", low=1, integer=True)
 SCORE_ATOL = Opt("--score-atol", None, "Parity: max |score diff| of matched detections [default: 1e-4; an integer "
                  "TFLite source: 2 of its output quantization steps]")
@@ -101,6 +102,9 @@ SEARCH_MAX_DROP = Opt("--max-drop", None, "int8: largest fidelity AP drop, in po
 CHECK_IMAGES = Opt("--check-images", None, "Held-out images for fidelity (default: demo eval frames)")
 FP32_BATCH1 = Opt("--fp32-batch1", False, "Also add <name>.fp32-batch1.onnx: fp32 with Loops inlined "
                   "(parity-checked)")
+
+# --- build ---------------------------------------------------------------------------------
+PRECISIONS = Opt("--precisions", "fp32,fp16,int8", "Variants to build and verify")
 
 # --- verify (and build, merge, reverify) ----------------------------------------------------
 IMAGES = Opt("--images", None, "Images folder (default without annotations: demo frames)", envvar="COCO_IMG_PATH")
