@@ -32,8 +32,8 @@ REPORT_MD, PR_ARRAYS = "REPORT.md", "pr_arrays.npz"
 
 @dataclass
 class VerifyConfig(MeasureOptions):
-    """What to verify and how (the measuring options are ``MeasureOptions``'). ``max_drop`` is in
-    points (mAP x 100), like the zoo's budgets."""
+    """What to verify and how; the measuring options come from ``MeasureOptions``. ``max_drop`` is
+    in points (mAP x 100), like the zoo's budgets."""
 
     folder: Path
     latency_images: int = LATENCY_IMAGES.default
