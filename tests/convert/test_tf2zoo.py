@@ -56,9 +56,9 @@ def test_artifact_detects_like_the_saved_model(ssd_entry):
     assert len(classes) and set(classes.tolist()) <= {1, 2, 3, 4}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 15: max score diff 2.1e-4 > 1e-4 (boxes 2.6e-6, all 597 detections >= 0.3 matched): float noise "
-    "of this network, not a conversion bug. onnxruntime at optimization level all vs extended differs by "
+@pytest.mark.xfail(strict=False, reason=(
+    "issue 15 (not strict: the noise depends on the CPU's kernels): max score diff 2.1e-4 > 1e-4 on AVX2 "
+    "(boxes 2.6e-6, all 597 detections >= 0.3 matched): float noise of this network, not a conversion bug. onnxruntime at optimization level all vs extended differs by "
     "2.1e-4 from itself; at extended it is 7.3e-5 from TF; TF with every weight moved by 1 ulp moves by "
     "2.1-5.0e-4 (BENCHMARKS.md)"))
 def test_parity_passes_at_the_default_tolerance(ssd_entry):
