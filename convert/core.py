@@ -26,7 +26,7 @@ from detzoo.options import ALLOW_UNSAFE_OPS, CHECK, CHECK_LIMIT, FORCE, OPSET, T
 from detzoo.source import OUTPUT_ROLES, IOSpec, ModelFormat, ModelSource, open_source
 from detzoo.convert.iodetect import detect_io
 from detzoo.convert.loading import load_model_graph
-from detzoo.convert.parity import ParityReport, ParityTolerance, check_parity
+from detzoo.convert.parity import ParityReport, ParityTolerance, check_parity, noise_runners
 
 
 @dataclass
@@ -199,7 +199,7 @@ def apply_contract(model, src: ModelSource, io: IOSpec, cfg: ConvertConfig):
     wrapped = wrap(model, input_name=art.input.name, output_names=names,
                    resize=tuple(io.resize) if io.resize else None,
                    scale=io.scale if is_float else None, offset=io.offset if is_float else 0.0,
-                   round_to_uint8=not is_float, class_offset=io.class_offset)
+                   round_to_uint8=not is_float, class_offset=io.class_offset, resize_with=io.resize_with)
     return wrapped, art
 
 
@@ -293,11 +293,15 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
                 with source_runner(src.format, src.path, io, cfg.threads,
                                    allow_unsafe_ops=cfg.allow_unsafe_ops) as s_run:
                     for vname, v in variants.items():
-                        with OrtRunner(staged[v.file], ios[vname], cfg.threads,
-                                       allow_unsafe_ops=cfg.allow_unsafe_ops) as o_run:
+                        with contextlib.ExitStack() as runners:
+                            o_run = runners.enter_context(OrtRunner(staged[v.file], ios[vname], cfg.threads,
+                                                                    allow_unsafe_ops=cfg.allow_unsafe_ops))
+                            noise = (runners.enter_context(noise_runners(staged[v.file], ios[vname], cfg.threads,
+                                                                         cfg.allow_unsafe_ops))
+                                     if tolerance.wants_noise else None)
                             feed = tuple(ios[vname].resize) if vname != base else None
                             parities[vname] = check_parity(s_run, o_run, images, tolerance, cfg.check_limit,
-                                                           feed=feed)
+                                                           feed=feed, noise=noise)
                         v.checks["parity"] = {**parities[vname].to_json(), "images_dir": str(images),
                                               "fed": (f"{feed[0]}x{feed[1]} (OpenCV bilinear) to both"
                                                       if feed else "each model as it expects")}

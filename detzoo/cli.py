@@ -146,6 +146,7 @@ def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
             box_atol: Optional[float] = O.BOX_ATOL.cli(),
             parity_min_score: float = O.PARITY_MIN_SCORE.cli(),
             max_unmatched: int = O.MAX_UNMATCHED.cli(),
+            parity_noise_factor: float = O.PARITY_NOISE_FACTOR.cli(),
             threads: int = O.THREADS.cli(),
             input_size: Optional[List[str]] = O.INPUT_SIZE.cli(),
             input_name: Optional[str] = typer.Option(None, "--input-name",
@@ -164,7 +165,8 @@ def convert(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
                             check_limit=check_limit, threads=threads, allow_unsafe_ops=allow_unsafe_ops,
                             input_sizes=input_size or [], artifact_input=input_name, keep_source_io=keep_source_io,
                             tolerance=ParityTolerance(score_atol=score_atol, box_atol=box_atol,
-                                                      min_score=parity_min_score, max_unmatched=max_unmatched))
+                                                      min_score=parity_min_score, max_unmatched=max_unmatched,
+                                                      noise_factor=parity_noise_factor))
         res = run_convert(cfg)
     except DetzooError as e:
         _fail(e)

@@ -74,12 +74,14 @@ QUIET = Opt("--quiet", False, "No progress bars, warnings or summary")
 OPSET = Opt("--opset", 17, "ONNX opset", low=13, high=18, integer=True)
 CHECK = Opt("--check/--no-check", True, "Parity check against the source")
 CHECK_LIMIT = Opt("--check-limit", None, "Use at most N check images", low=1, integer=True)
-SCORE_ATOL = Opt("--score-atol", None, "Parity: max |score diff| of matched detections [default: 1e-4; an integer "
-                 "TFLite source: 2 of its output quantization steps]")
-BOX_ATOL = Opt("--box-atol", None, "Parity: max |box diff|, in units of image size [default: 1e-4; an integer "
-               "TFLite source: 2 of its output quantization steps]")
+SCORE_ATOL = Opt("--score-atol", None, "Parity: max |score diff| of matched detections [default: "
+                 "--parity-noise-factor x the network's one-ulp noise, at least 1e-4; an integer TFLite source: "
+                 "2 of its output quantization steps]")
+BOX_ATOL = Opt("--box-atol", None, "Parity: max |box diff|, in units of image size [default: as --score-atol]")
 PARITY_MIN_SCORE = Opt("--parity-min-score", 0.3, "Parity: compare detections scoring at least this")
 MAX_UNMATCHED = Opt("--max-unmatched", 0, "Parity: detections allowed without a counterpart", low=0, integer=True)
+PARITY_NOISE_FACTOR = Opt("--parity-noise-factor", 4.0, "Parity: default atols are this many times the score "
+                          "and box change from moving every weight by one ulp (0: a fixed 1e-4)", low=0.0)
 
 # --- quantize ------------------------------------------------------------------------------
 FP16 = Opt("--fp16/--no-fp16", True, "Build <name>.fp16.onnx")

@@ -20,21 +20,24 @@ SPEED_RUNS = 15
 
 def parity(reference: Path, candidate: Path, io, images: list[Path], threads: int = 1,
            allow_unsafe_ops: bool = False):
-    """convert's parity check of ``candidate`` against ``reference`` on ``images``, default tolerance;
-    returns its ParityReport."""
-    from detzoo.convert.parity import ParityTolerance, compare_runners
+    """convert's parity check of ``candidate`` against ``reference`` on ``images``, default tolerance
+    (calibrated on the candidate's float noise, as convert's); returns its ParityReport."""
+    from detzoo.convert.parity import ParityTolerance, compare_runners, noise_runners
     from detzoo.runners import OrtRunner
 
     with OrtRunner(reference, io, threads, allow_unsafe_ops=allow_unsafe_ops) as a, \
-            OrtRunner(candidate, io, threads, allow_unsafe_ops=allow_unsafe_ops) as b:
-        return compare_runners(a, b, ((p.name, decode_image(p)) for p in images), ParityTolerance())
+            OrtRunner(candidate, io, threads, allow_unsafe_ops=allow_unsafe_ops) as b, \
+            noise_runners(candidate, io, threads, allow_unsafe_ops) as noise:
+        return compare_runners(a, b, ((p.name, decode_image(p)) for p in images), ParityTolerance(),
+                               noise=noise)
 
 
 def parity_record(report) -> dict:
     """What the manifest records of a ParityReport: passed, the agreement figures and both atols."""
     t = report.tolerance
     return {"passed": report.passed, **report.agreement.to_json(),
-            "tolerance": {"score_atol": t.score_atol, "box_atol": t.box_atol}}
+            "tolerance": {"score_atol": t.score_atol, "box_atol": t.box_atol, "max_unmatched": t.max_unmatched,
+                          "noise": t.noise}}
 
 
 def batch_check(batch1: Path, wrapped, io, images: list, allow_unsafe_ops: bool = False) -> dict:
