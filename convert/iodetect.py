@@ -143,8 +143,9 @@ def _tflite_io(interp, input_name, outputs, src) -> IOSpec:
             raise DetzooError(f"--output names not outputs of {src.path.name}: {bad}; outputs: {sorted(names)}")
     dtype = np.dtype(inp["dtype"]).name
     spec = TensorSpec(inp["name"], dtype, [int(d) for d in inp["shape"]])
-    # The post-processing op emits 0-based class ids; datasets (COCO) count from 1.
-    return IOSpec(input=spec, outputs=outputs, resize=_fixed_resize(spec), class_offset=1,
+    # The post-processing op emits 0-based class ids; datasets (COCO) count from 1. The graph was
+    # exported from an OD API model whose resizer is TF1's resize_images (no half-pixel centres).
+    return IOSpec(input=spec, outputs=outputs, resize=_fixed_resize(spec), class_offset=1, resize_with="tf1",
                   **_float_norm(dtype, SSD_FLOAT_SCALE, SSD_FLOAT_OFFSET))
 
 

@@ -92,12 +92,12 @@ def batch_of_one(model) -> bool:
 
 def wrap(model, *, input_name: str, output_names: list[str], resize: tuple[int, int] | None = None,
          scale: float | None = None, offset: float = 0.0, round_to_uint8: bool = False,
-         class_offset: int = 0, first_outside: bool = False):
+         class_offset: int = 0, first_outside: bool = False, resize_with: str = "tf"):
     """``model`` (one image input, four detection outputs in contract order) for one image per
     call, wrapped in a Loop over the batch of a uint8 ``[N, H, W, 3]`` input.
 
-    In the body, each image is cast to float and resized to ``resize`` (TF's bilinear with half
-    pixel centres, as ``tf.image.resize`` and the OD API's preprocessing do: ``tf_resize_nodes``), then either scaled
+    In the body, each image is cast to float and resized to ``resize`` (TF's bilinear as
+    ``resize_with`` names it, IOSpec's ``tf`` or ``tf1``: ``tf_resize_nodes``), then either scaled
     (``scale``/``offset``: float models) or rounded back to uint8 (``round_to_uint8``: integer
     models), then fed to the model. Outside, ``class_offset`` is added to the classes and every
     output is float32. Initializers move into the body so onnxruntime folds and fuses them there
@@ -133,7 +133,8 @@ def wrap(model, *, input_name: str, output_names: list[str], resize: tuple[int, 
             nodes.append(helper.make_node("Cast", [x], [_P + "f"], to=TensorProto.FLOAT))
             x = _P + "f"
         if resize is not None:
-            rnodes, rconsts = tf_resize_nodes(x, _P + "resized", resize[0], resize[1], _P + "resize/")
+            rnodes, rconsts = tf_resize_nodes(x, _P + "resized", resize[0], resize[1], _P + "resize/",
+                                              half_pixel=resize_with != "tf1")
             nodes.extend(rnodes)
             consts.update(rconsts)
             x = _P + "resized"
@@ -308,23 +309,27 @@ def fix_input_size(model, h: int, w: int):
     return onnx.shape_inference.infer_shapes(out)
 
 
-def _axis_tf(n_out: int, n_in: int):
-    """TF's half-pixel bilinear source indices and weights along one axis, in float32 as TF computes them."""
+def _axis_tf(n_out: int, n_in: int, half_pixel: bool = True):
+    """TF's bilinear source indices and weights along one axis, in float32 as TF computes them; with
+    half-pixel centres (TF2's ``tf.image.resize``) or without (TF1's ``resize_images``). ``ceil``
+    for the upper neighbour differs from TF's ``floor + 1`` only where its weight is 0."""
     scale = np.float32(n_in) / np.float32(n_out)
-    src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    half = np.float32(0.5 if half_pixel else 0.0)
+    src = (np.arange(n_out, dtype=np.float32) + half) * scale - half
     fl = np.floor(src)
     lo = np.maximum(fl, 0).astype(np.int64)
     hi = np.minimum(np.ceil(src), n_in - 1).astype(np.int64)
     return lo, hi, (src - fl).astype(np.float32)
 
 
-def resize_like_tf(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize with half-pixel centres and no antialiasing, in float32, with TF's own
-    formula (``tf.image.resize``, the OD API's preprocessing); the contract wrapper computes the
+def resize_like_tf(image: np.ndarray, h: int, w: int, half_pixel: bool = True) -> np.ndarray:
+    """Bilinear resize without antialiasing, in float32, with TF's own formula: half-pixel centres
+    as ``tf.image.resize``, or (``half_pixel=False``) as TF1's ``tf.image.resize_images``, which is
+    what the OD API's image resizers call, TF2 exports included. The contract wrapper computes the
     same inside the graph. RGB uint8 [H, W, 3] -> float32 [h, w, 3]."""
     x = image.astype(np.float32)
-    y0, y1, wy = _axis_tf(h, x.shape[0])
-    x0, x1, wx = _axis_tf(w, x.shape[1])
+    y0, y1, wy = _axis_tf(h, x.shape[0], half_pixel)
+    x0, x1, wx = _axis_tf(w, x.shape[1], half_pixel)
     top, bot = x[y0], x[y1]
     wx = wx[None, :, None]
     t = top[:, x0] + (top[:, x1] - top[:, x0]) * wx
@@ -332,8 +337,8 @@ def resize_like_tf(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return (t + (b - t) * wy[:, None, None]).astype(np.float32)
 
 
-def tf_resize_nodes(x: str, out: str, h: int, w: int, prefix: str) -> tuple[list, dict]:
-    """ONNX nodes computing ``resize_like_tf`` of the float NHWC tensor ``x`` into ``out``.
+def tf_resize_nodes(x: str, out: str, h: int, w: int, prefix: str, half_pixel: bool = True) -> tuple[list, dict]:
+    """ONNX nodes computing ``resize_like_tf`` (with ``half_pixel``) of the float NHWC tensor ``x`` into ``out``.
 
     onnxruntime's own linear Resize differs from TF by up to 0.025 of a pixel level (it derives
     weights another way), enough to flip uint8 roundings of integer models; gathering the four
@@ -342,13 +347,13 @@ def tf_resize_nodes(x: str, out: str, h: int, w: int, prefix: str) -> tuple[list
 
     P = prefix
     nodes, consts = [], {}
-    consts[P + "half"] = np.array(0.5, np.float32)
+    consts[P + "half"] = np.array(0.5 if half_pixel else 0.0, np.float32)
     consts[P + "zero"] = np.array(0.0, np.float32)
     consts[P + "one_i"] = np.array(1, np.int64)
     for axis, n_out, tag in ((1, h, "y"), (2, w, "x")):
         q = f"{P}{tag}_"
         consts[q + "out_f"] = np.array(n_out, np.float32)
-        consts[q + "grid"] = np.arange(n_out, dtype=np.float32) + np.float32(0.5)
+        consts[q + "grid"] = np.arange(n_out, dtype=np.float32) + consts[P + "half"]
         nodes += [
             helper.make_node("Shape", [x], [q + "n1"], start=axis, end=axis + 1),
             helper.make_node("Squeeze", [q + "n1", P + "axes0"], [q + "n"]),

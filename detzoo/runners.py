@@ -43,7 +43,7 @@ def preprocess(image: np.ndarray, io: IOSpec) -> np.ndarray:
         else:
             from detzoo.contract import resize_like_tf
 
-            x = resize_like_tf(x, h, w)
+            x = resize_like_tf(x, h, w, half_pixel=io.resize_with != "tf1")
     x = x[None]
     if io.input.dtype.startswith("float"):
         return (x.astype(np.float32) * np.float32(io.scale) + np.float32(io.offset)).astype(np.float32)

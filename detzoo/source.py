@@ -54,10 +54,12 @@ class IOSpec:
 
     ``outputs`` maps each role in OUTPUT_ROLES to the model's tensor name. ``resize`` is the
     (height, width) the caller resizes to, or None when the graph resizes inside (OD API graphs
-    and every artifact that keeps the contract). ``resize_with`` says how: ``tf`` is TF's
-    bilinear with half-pixel centres (the OD API's own preprocessing, and what the contract
-    wrapper computes inside the graph); ``cv2`` is OpenCV's INTER_LINEAR on uint8, the zoo
-    runner's resize (fixed-size variants are fed that way). Float inputs are fed as
+    and every artifact that keeps the contract). ``resize_with`` says how: ``tf1`` is TF1's
+    ``resize_images`` bilinear, without half-pixel centres, which the OD API's image resizers call
+    in TF1 and TF2 alike (a TFLite export expects it); ``tf`` is TF2's ``tf.image.resize`` with
+    half-pixel centres (the manifests before 2026-12-03 say it for TFLite sources; their
+    artifacts compute it); the contract wrapper computes either inside the graph; ``cv2`` is
+    OpenCV's INTER_LINEAR on uint8, the zoo runner's resize (fixed-size variants are fed that way). Float inputs are fed as
     ``pixel * scale + offset``. ``class_offset`` is added to the raw class ids to get dataset
     category ids (1 for TFLite post-processing, whose ids are 0-based).
     """
@@ -92,7 +94,8 @@ class IOSpec:
     def preprocessing(self) -> str:
         steps = []
         if self.resize:
-            how = "OpenCV INTER_LINEAR" if self.resize_with == "cv2" else "TF bilinear, half-pixel centres"
+            how = {"cv2": "OpenCV INTER_LINEAR", "tf1": "TF1 bilinear, no half-pixel centres"}.get(
+                self.resize_with, "TF bilinear, half-pixel centres")
             steps.append(f"resize to {self.resize[0]}x{self.resize[1]} ({how})")
         if self.input.dtype.startswith("float"):
             steps.append(f"as float32: pixel * {self.scale:g} + {self.offset:g}")

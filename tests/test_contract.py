@@ -17,8 +17,8 @@ def _session(model):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def _onnx_resize(img, h, w):
-    nodes, consts = tf_resize_nodes("x", "y", h, w, "r/")
+def _onnx_resize(img, h, w, half_pixel=True):
+    nodes, consts = tf_resize_nodes("x", "y", h, w, "r/", half_pixel=half_pixel)
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, None, 3])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, None, 3])],
                           initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
@@ -34,6 +34,20 @@ def test_resize_is_tf_resize_bit_for_bit_in_numpy_and_in_onnx(src, dst):
     want = tf.image.resize(img[None].astype(np.float32), dst).numpy()[0]
     np.testing.assert_array_equal(resize_like_tf(img, *dst), want)
     np.testing.assert_array_equal(_onnx_resize(img, *dst), want)
+
+
+@pytest.mark.parametrize("src,dst", SIZES)
+def test_tf1_resize_is_resize_images_bit_for_bit_in_numpy_and_in_onnx(src, dst):
+    """The OD API's resizers call TF1's resize_images (no half-pixel centres), TF2 exports included:
+    what a TFLite export of one expects in front of it."""
+    import tensorflow as tf
+
+    img = np.random.default_rng(sum(src + dst)).integers(0, 256, (*src, 3), dtype=np.uint8)
+    want = tf.compat.v1.image.resize_images(img[None].astype(np.float32), dst).numpy()[0]
+    np.testing.assert_array_equal(resize_like_tf(img, *dst, half_pixel=False), want)
+    np.testing.assert_array_equal(_onnx_resize(img, *dst, half_pixel=False), want)
+    if src != dst:
+        assert np.abs(resize_like_tf(img, *dst) - want).max() > 1  # half-pixel centres: another image
 
 
 def test_onnxruntime_own_resize_would_not_match():
