@@ -104,6 +104,26 @@ def _quiet_tf2onnx():
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
 
 
+def valid_unit_pools(model):
+    """Pools of kernel 1 with SAME padding (slim resnet_v1's shortcut subsampling, in TF1 Faster
+    R-CNN ResNets) get VALID padding instead: the same output, since a 1x1 window never reaches
+    padding, but onnxruntime below optimization level all computes a negative pad for SAME_UPPER
+    with stride 2 on even sizes and refuses to run the model. Returns how many were changed."""
+    from detzoo.onnxgraph import walk_nodes
+
+    changed = 0
+    for node in walk_nodes(model.graph):
+        if node.op_type not in ("MaxPool", "AveragePool"):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        pad = attrs.get("auto_pad")
+        if pad is not None and pad.s in (b"SAME_UPPER", b"SAME_LOWER") and "kernel_shape" in attrs \
+                and all(k == 1 for k in attrs["kernel_shape"].ints):
+            pad.s = b"VALID"
+            changed += 1
+    return changed
+
+
 def run_tf2onnx(src: ModelSource, io: IOSpec, opset: int):
     """Convert with tf2onnx; returns the ONNX ModelProto with outputs as tf2onnx names them."""
     _quiet_tf2onnx()
@@ -246,6 +266,7 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
                 raise DetzooError(f"--input-size {bad[0]}: with --keep-source-io the model takes only "
                                   f"{io.resize[0]}x{io.resize[1]} (drop --keep-source-io to resize inside the graph)")
         model = run_tf2onnx(src, io, cfg.opset)
+        valid_unit_pools(model)
         uint8 = None
         if src.format == ModelFormat.TFLITE:
             from detzoo.convert.integer import to_uint8_domain
