@@ -192,6 +192,21 @@ def run(model_path: Path, images: CalibrationImages, io: IOSpec, op_types: list[
 SNAP_BITS = 8  # ranges rounded outward to 1/256 of their magnitude's power of two
 
 
+def nonfinite(cache_path: Path) -> list[str]:
+    """Tensors whose calibrated range is not finite: empty on every calibration image (min and max
+    of nothing are +inf and -inf: FPNLite's post-processing has such Expands) or holding inf or NaN.
+    No int8 scale represents them, and snapped they became NaN, on which onnxruntime's quantizer
+    stops with an assertion ("scale issue"); the nodes reading or writing them stay float."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    bad = []
+    for name, td in load_tensors_data(cache_path).data.items():
+        rng = [np.asarray(v, np.float64) for v in (getattr(td, "range_value", None) or ())]
+        if rng and not all(np.isfinite(v).all() for v in rng):
+            bad.append(name)
+    return sorted(bad)
+
+
 def snap_ranges(data):
     """Round every calibrated range outward onto a coarse grid (widening it by < 0.4%).
 
@@ -203,6 +218,8 @@ def snap_ranges(data):
         if not hasattr(td, "lowest"):
             continue
         lo, hi = np.asarray(td.lowest, np.float64), np.asarray(td.highest, np.float64)
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            continue  # left as calibrated: ``nonfinite`` names it, and its nodes stay float
         mag = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), np.finfo(np.float32).tiny)
         step = np.exp2(np.floor(np.log2(mag)) - SNAP_BITS)
         td.lowest = (np.floor(lo / step) * step).astype(np.asarray(td.lowest).dtype)

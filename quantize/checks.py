@@ -42,11 +42,12 @@ def parity_record(report) -> dict:
 
 def batch_check(batch1: Path, wrapped, io, images: list, allow_unsafe_ops: bool = False) -> dict:
     """Run the wrapped artifact on a batch of images of one size and compare each row with the batch-1
-    model on that image alone, detection by detection with the parity tolerances: the Loop must change
-    nothing but float rounding (onnxruntime may pick other kernels inside a Loop body)."""
+    model on that image alone, detection by detection with the parity tolerances, calibrated on the
+    batch-1 model's own float noise as convert's are: the Loop must change nothing but float rounding
+    (onnxruntime may pick other kernels inside a Loop body)."""
     import numpy as np
 
-    from detzoo.convert.parity import ParityReport, ParityTolerance
+    from detzoo.convert.parity import ParityReport, ParityTolerance, noise_runners
     from detzoo.detections import Detections, agreement
     from detzoo.runners import OrtRunner, resize_like_cv2
 
@@ -62,23 +63,30 @@ def batch_check(batch1: Path, wrapped, io, images: list, allow_unsafe_ops: bool 
         wp = Path(tmp) / "wrapped.onnx"
         onnx.save(wrapped, str(wp))
         with OrtRunner(batch1, io, allow_unsafe_ops=allow_unsafe_ops) as one, \
-                OrtRunner(wp, io, allow_unsafe_ops=allow_unsafe_ops) as many:
+                OrtRunner(wp, io, allow_unsafe_ops=allow_unsafe_ops) as many, \
+                noise_runners(batch1, io, allow_unsafe_ops=allow_unsafe_ops) as noise:
             together = many.infer(batch)
-            diff, pairs = 0.0, []
+            diff, pairs, noise_pairs = 0.0, [], {label: [] for label in noise}
             for i in range(len(batch)):
                 alone = one.infer(batch[i:i + 1])
                 diff = max(diff, *(float(np.max(np.abs(a[0] - t[i]))) if a.size else 0.0
                                    for a, t in zip(alone, together)))
                 row = [t[i:i + 1] for t in together]
-                pairs.append((str(i), (h, w), Detections.from_od_api(*alone, image_hw=(h, w)),
-                              Detections.from_od_api(*row, image_hw=(h, w))))
+                ref = Detections.from_od_api(*alone, image_hw=(h, w))
+                pairs.append((str(i), (h, w), ref, Detections.from_od_api(*row, image_hw=(h, w))))
+                for label, r in noise.items():
+                    moved = r.infer(batch[i:i + 1])
+                    noise_pairs[label].append((str(i), (h, w), ref, Detections.from_od_api(*moved, image_hw=(h, w))))
+    tol = tol.calibrated({label: agreement(p, tol.min_score, tol.iou) for label, p in noise_pairs.items()})
     a = agreement(pairs, tol.min_score, tol.iou)
     if not ParityReport(a, tol, []).passed:
         raise CheckFailed(f"the batch Loop changed the detections: max |score diff| {a.max_score_diff:.2e}, max "
-                          f"|box diff| {a.max_box_diff:.2e}, unmatched {a.unmatched_reference + a.unmatched_candidate}"
+                          f"|box diff| {a.max_box_diff:.2e}, unmatched {a.unmatched_reference + a.unmatched_candidate} "
+                          f"(tolerance {tol.score_atol:.2g}, {tol.box_atol:.2g}, calibrated on the model's float noise)"
                           "; nothing was written")
     return {"checked": True, "batch": len(batch), "max_abs_diff": diff, "matched": a.matched,
-            "max_score_diff": a.max_score_diff, "max_box_diff": a.max_box_diff}
+            "max_score_diff": a.max_score_diff, "max_box_diff": a.max_box_diff,
+            "tolerance": {"score_atol": tol.score_atol, "box_atol": tol.box_atol, "noise": tol.noise}}
 
 
 def speed_probe(fp32: Path, int8: Path, io, image_path: Path, threads: int, allow_unsafe_ops: bool = False) -> dict:

@@ -180,6 +180,9 @@ def _int8(b: _Build, plan: PrecisionPlan, calib: CalibrationImages, machine: dic
     cache = b.work / "calibration.json"
     say(f"int8: calibrating on {len(calib.files)} images ({cfg.calib_method.value})")
     calibration.run(source, calib, b.io, int8.int8_op_types(plan), cache, settings8.calibration())
+    for node, why in int8.nonfinite_exclusions(onnx.load(str(source)), plan,
+                                               calibration.nonfinite(cache)).items():
+        plan.exclude(node, why)
     stats = None
     if settings8.weight_config.needs_stats:
         say("int8: layer input statistics for bias correction" + (" and AdaRound" if cfg.adaround else ""))

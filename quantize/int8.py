@@ -254,6 +254,20 @@ def stem_exclusions(model, plan: PrecisionPlan) -> dict[str, str]:
     return out
 
 
+def nonfinite_exclusions(model, plan: PrecisionPlan, tensors: list[str]) -> dict[str, str]:
+    """node -> why, for every reduced node that reads or writes one of ``tensors`` (calibrated ranges
+    that are not finite: ``calibration.nonfinite``)."""
+    bad = set(tensors)
+    reduced = set(plan.reduced())
+    out = {}
+    for n in model.graph.node:
+        hit = sorted(bad & {*n.input, *n.output})
+        if n.name in reduced and hit:
+            out[n.name] = (f"its tensor {hit[0]} has no finite calibrated range (inf or NaN values, or empty "
+                           "on every calibration image): no int8 scale represents it")
+    return out
+
+
 def int8_op_types(plan: PrecisionPlan) -> list[str]:
     return sorted({plan.op_types[n] for n in plan.reduced(INT8_OPS)})
 

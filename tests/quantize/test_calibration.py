@@ -162,3 +162,20 @@ def test_sensitivity_ranks_every_quantized_conv(tmp_path, calib_dir):
 def test_without_a_count_at_most_the_limit_is_taken(calib_dir):
     assert len(pick_calibration_images(calib_dir, None, at_most=3).files) == 3
     assert len(pick_calibration_images(calib_dir, None).files) == 5
+
+
+def test_ranges_without_a_finite_value_are_named_and_never_snapped_into_nan(tmp_path):
+    """A tensor empty on every calibration image has range (+inf, -inf); snapping made it NaN and
+    onnxruntime's quantizer stopped on "scale issue" (the real FPNLite SSD). Finite ranges still snap."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+
+    def td(lo, hi):
+        return TensorData(lowest=np.array([lo], np.float32), highest=np.array([hi], np.float32))
+
+    data = TensorsData(CalibrationMethod.MinMax, {"ok": td(-1.3, 2.7), "empty": td(np.inf, -np.inf),
+                                                   "inf": td(-np.inf, 3.0)})
+    calibration.snap_ranges(data)
+    save_tensors_data(data, tmp_path / "c.json")
+    assert calibration.nonfinite(tmp_path / "c.json") == ["empty", "inf"]
+    assert data.data["ok"].range_value[0][0] < -1.3 and data.data["ok"].range_value[1][0] > 2.7
+    assert not np.isnan(data.data["empty"].range_value).any()
