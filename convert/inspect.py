@@ -1,6 +1,7 @@
 """``detzoo inspect``: what detzoo sees in a model before it converts anything.
 
-Owns: the report of a model's format, IO, ops, control flow and NMS, and of an ONNX file. Does
+Owns: the report of a model's format, IO, ops, control flow, NMS and detector family, and of an
+ONNX file. Does
 not touch: files (writes nothing), conversion.
 """
 
@@ -22,16 +23,34 @@ NMS_OPS = {"NonMaxSuppression", "NonMaxSuppressionV2", "NonMaxSuppressionV3", "N
            "NON_MAX_SUPPRESSION_V4", "NON_MAX_SUPPRESSION_V5"}
 
 
-def _ops(src, graph) -> Counter:
+def _nodes(src, graph) -> list[tuple[str, str]]:
+    """(op, name) of every node, functions included (a SavedModel's whole function library)."""
     if src.format == ModelFormat.FROZEN_GRAPH:
-        ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
+        g = graph
     elif src.format == ModelFormat.SAVED_MODEL:
-        meta, _ = graph
-        ops = [n.op for n in meta.graph_def.node] + [n.op for f in meta.graph_def.library.function
-                                                     for n in f.node_def]
+        g = graph[0].graph_def
     else:
-        ops = [op["op_name"] for op in graph._get_ops_details()]
-    return Counter(ops)
+        return [(op["op_name"], "") for op in graph._get_ops_details()]
+    return [(n.op, n.name) for n in g.node] + [(n.op, n.name) for f in g.library.function for n in f.node_def]
+
+
+def family(ops: Counter, names=()) -> dict:
+    """Which detector family the graph's structure shows, and the evidence: what the precision plan
+    and the parity check will meet. ``names``: node names, for the OD API's second-stage scope,
+    which TF2 Faster R-CNN needs (it crops proposals with matmuls, not CropAndResize)."""
+    nms = {k: v for k, v in ops.items() if k in NMS_OPS}
+    if ops.get("TFLite_Detection_PostProcess"):
+        return {"name": "single-stage", "evidence": "TFLite_Detection_PostProcess (anchors decoded and NMS in one op)"}
+    second = next((n for n in names if "SecondStage" in n), None)
+    if ops.get("CropAndResize") or second:
+        why = (f"CropAndResize x{ops['CropAndResize']}" if ops.get("CropAndResize")
+               else f"second-stage scope ({second.split('/')[0]})")
+        return {"name": "two-stage", "evidence": f"{why}: proposals cropped and classified again; NMS {nms}"}
+    if nms:
+        return {"name": "single-stage", "evidence": f"anchors scored once, then NMS {nms}"}
+    if ops.get("TopKV2") and ops.get("MaxPool"):
+        return {"name": "center-based", "evidence": "heatmap peaks (MaxPool) and TopKV2, no NMS"}
+    return {"name": "unknown", "evidence": "no NMS, TFLite post-processing, crops or heatmap peaks found"}
 
 
 def inspect_model(path, input_name=None, output_names=None) -> dict:
@@ -43,7 +62,8 @@ def inspect_model(path, input_name=None, output_names=None) -> dict:
         except UnsafeModelError as e:
             refusals.append(str(e))
             graph = load_model_graph(src, allow_unsafe_ops=True)
-        ops = _ops(src, graph)
+        nodes = _nodes(src, graph)
+        ops = Counter(op for op, _ in nodes)
         try:
             io = detect_io(src, input_name, output_names, graph=graph).to_dict()
         except DetzooError as e:
@@ -57,6 +77,7 @@ def inspect_model(path, input_name=None, output_names=None) -> dict:
             "control_flow": {k: v for k, v in ops.items() if k in CONTROL_FLOW},
             "tensor_arrays": {k: v for k, v in ops.items() if k.startswith(TENSOR_ARRAY_PREFIX)},
             "nms_ops": {k: v for k, v in ops.items() if k in NMS_OPS},
+            "family": family(ops, (name for _, name in nodes)),
             "num_classes": io.get("num_classes") if io else None,
             "refusals": refusals,
         }

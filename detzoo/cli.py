@@ -102,6 +102,7 @@ def inspect(source: Path = typer.Argument(..., help="Frozen graph .pb, export fo
     typer.echo(f"control flow:  {report['control_flow'] or 'none'}")
     typer.echo(f"tensor arrays: {report['tensor_arrays'] or 'none'}")
     typer.echo(f"NMS:           {report['nms_ops'] or 'none'}")
+    typer.echo(f"family:        {report['family']['name']} ({report['family']['evidence']})")
     for r in report["refusals"]:
         typer.echo(f"refuses:       {r}")
 

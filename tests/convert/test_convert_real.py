@@ -54,6 +54,7 @@ def test_inspect_reports_real_graph_structure(real_model_path):
     assert r["source"]["format"] == "frozen_graph"
     assert r["control_flow"]["LoopCond"] == 2  # the two While loops
     assert r["nms_ops"] == {"NonMaxSuppressionV3": 1}
+    assert r["family"]["name"] == "single-stage"
     assert r["num_classes"] == 1 and not r["refusals"]
 
 
