@@ -33,7 +33,9 @@ FAMILIES = {k: v for k, v in FAMILIES.items() if k in tf2zoo.CONFIGS}
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def staged(request, tmp_path_factory):
-    """(name, export folder, entry with fp16 + int8 quantized and verified, report.json)."""
+    """(name, export folder, entry with fp16 + int8 quantized and verified, report.json, the gate's
+    failure message or None)."""
+    from detzoo.errors import CheckFailed
     from detzoo.quantize import QuantizeConfig, quantize
     from detzoo.verify import VerifyConfig, verify
 
@@ -44,14 +46,18 @@ def staged(request, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"{name}-stages") / "entry"
     shutil.copytree(entry, work)
     quantize(QuantizeConfig(folder=work))
-    verify(VerifyConfig(folder=work, latency_runs=10))
-    return name, export, work, json.loads((work / "report.json").read_text())
+    gate = None
+    try:
+        verify(VerifyConfig(folder=work, latency_runs=10))
+    except CheckFailed as e:  # the gate (1 point): the tests below say which variant may break it
+        gate = str(e)
+    return name, export, work, json.loads((work / "report.json").read_text()), gate
 
 
 def test_inspect_finds_the_family_structure(staged):
     from detzoo.convert.inspect import inspect_model
 
-    name, export, _, _ = staged
+    name, export, _, _, _ = staged
     r = inspect_model(export)
     assert r["source"]["format"] == "saved_model" and not r["refusals"]
     assert r["io"]["input"]["dtype"] == "uint8" and r["io"]["class_offset"] == 0
@@ -64,7 +70,7 @@ def test_quantize_plans_from_structure(staged):
     """The plan's regions come from the graph: convolutions reduced, NMS/TopK and after kept float."""
     from detzoo.manifest import Manifest
 
-    name, _, work, _ = staged
+    name, _, work, _, _ = staged
     m = Manifest.load(work)
     assert {"fp32", "fp16", "int8"} <= set(m.variants)
     regions = m.variants["int8"].settings["plan"]["regions"]
@@ -78,8 +84,9 @@ def test_quantize_plans_from_structure(staged):
 
 
 def test_verify_fp32_meets_its_fidelity_target_and_reports_int8(staged, request):
-    name, _, _, report = staged
+    name, _, _, report, gate = staged
     assert report["mode"] == "reference"
+    assert gate is None or "fp32 drops" not in gate, gate
     models = report["models"]
     assert models["fp32"]["fidelity"]["stats"]["AP"] >= 0.999, models["fp32"]["fidelity"]
     int8 = models["int8"]["fidelity"]["stats"]["AP"]
@@ -97,7 +104,7 @@ AMPLIFIED = 1000.0
 
 
 def test_verify_fp16_meets_its_fidelity_target(staged):
-    name, export, _, report = staged
+    name, export, _, report, _ = staged
     ap = report["models"]["fp16"]["fidelity"]["stats"]["AP"]
     scale = tf2zoo.build_info(export).get("score_calibration", {}).get("scale")
     if ap < 0.99 and scale is not None and scale > AMPLIFIED:
@@ -111,7 +118,7 @@ def _record(staged, cache):
     from detzoo.cpu import cpu_class
     from detzoo.manifest import Manifest
 
-    name, _, work, report = staged
+    name, _, work, report, _ = staged
     m = Manifest.load(work)
     models = report["models"]
     row = {"cpu": cpu_class(), "conversion_seconds": m.variants["fp32"].settings["conversion_seconds"],
