@@ -26,7 +26,6 @@ from detzoo.options import ALLOW_UNSAFE_OPS, CHECK, CHECK_LIMIT, FORCE, OPSET, T
 from detzoo.source import OUTPUT_ROLES, IOSpec, ModelFormat, ModelSource, open_source
 from detzoo.convert.iodetect import detect_io
 from detzoo.convert.loading import load_model_graph
-from detzoo.convert.exact_resize import exact_tf_resize
 from detzoo.convert.parity import ParityReport, ParityTolerance, check_parity, noise_runners
 
 
@@ -268,7 +267,6 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
                                   f"{io.resize[0]}x{io.resize[1]} (drop --keep-source-io to resize inside the graph)")
         model = run_tf2onnx(src, io, cfg.opset)
         valid_unit_pools(model)
-        model, exact_resizes = exact_tf_resize(model)
         uint8 = None
         if src.format == ModelFormat.TFLITE:
             from detzoo.convert.integer import to_uint8_domain
@@ -289,8 +287,7 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
                         "onnx_outputs": [o.name for o in model.graph.output],
                         "contract": not cfg.keep_source_io,
                         "conversion_seconds": round(conversion_seconds, 3),
-                        "allow_unsafe_ops": cfg.allow_unsafe_ops, "source_precision": source_precision,
-                        "exact_tf_resizes": exact_resizes}
+                        "allow_unsafe_ops": cfg.allow_unsafe_ops, "source_precision": source_precision}
             if steps is not None:
                 settings["source_output_steps"] = steps.to_json()
             if uint8 is not None and uint8.tensors:

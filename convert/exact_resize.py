@@ -9,6 +9,8 @@ factor is not exact (768 -> 160) the two round apart and resized pixels differ b
 graph), which matches TF bit for bit.
 
 Owns: this rewrite. Does not touch: files, the contract wrapper, canonical order.
+Not yet called by convert: with it, quantize's batch-1 inlining of the default model's
+preprocessing Loop left an unsorted graph (BENCHMARKS.md, "TF's bilinear resize").
 """
 
 from __future__ import annotations

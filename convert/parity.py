@@ -40,12 +40,11 @@ class ParityTolerance:
     calibrated on the artifact itself: the same images through a copy of it whose every weight is
     moved by one ulp (``perturb_weights``), and through onnxruntime with basic graph optimizations
     only (other kernels and fusions: other summation orders), show this network's float noise,
-    and the atols are ``noise_factor`` times the larger, never below 1e-4. A conversion bug (a wrong resize mode, a
-    normalization off by one level) moves scores far more than one ulp of the weights does, and
-    fails. ``noise_factor`` 0 keeps the fixed 1e-4, as do atols given explicitly. Boxes are
-    compared in units of image size, so 1e-4 is 0.08 px on a 768-px frame. Detections below
-    ``min_score`` are too unstable to compare one by one; 0.3 keeps every detection a user would
-    draw.
+    and the atols are ``noise_factor`` times the larger, never below 1e-4. A conversion bug (a
+    wrong resize mode, a pixel scale of 1/128 for 2/255) moves scores far more, and fails.
+    ``noise_factor`` 0 keeps the fixed 1e-4, as do atols given explicitly. Boxes are compared in
+    units of image size, so 1e-4 is 0.08 px on a 768-px frame. Detections below ``min_score`` are
+    too unstable to compare one by one; 0.3 keeps every detection a user would draw.
 
     Integer sources: their scores and box encodings live on a grid (a uint8 score moves by 1/256),
     and onnxruntime requantizes with float multipliers where TFLite uses fixed-point ones, so one

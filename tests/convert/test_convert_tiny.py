@@ -47,7 +47,7 @@ def test_family_converts_with_contract_and_parity(request, tmp_path, shapes, fix
 def test_tflite_fixed_input_is_resized_inside_the_artifact(shapes_tflite, tmp_path, shapes):
     res = _convert(shapes_tflite, tmp_path / "e", shapes[0])
     assert res.manifest.source_spec().resize == [96, 128]
-    assert "resize to 96x128 (TF bilinear" in res.manifest.source_spec().preprocessing
+    assert "resize to 96x128 (TF1 bilinear, no half-pixel centres)" in res.manifest.source_spec().preprocessing
     assert res.manifest.io.resize is None and "none" in res.manifest.io.preprocessing
 
 
