@@ -267,6 +267,9 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
                                   f"{io.resize[0]}x{io.resize[1]} (drop --keep-source-io to resize inside the graph)")
         model = run_tf2onnx(src, io, cfg.opset)
         valid_unit_pools(model)
+        from detzoo.convert.exact_resize import exact_tf_resize
+
+        exact_tf_resize(model)  # TF's ResizeBilinear rounding, bit for bit (TFLite's kernel shares it)
         uint8 = None
         if src.format == ModelFormat.TFLITE:
             from detzoo.convert.integer import to_uint8_domain

@@ -8,9 +8,12 @@ factor is not exact (768 -> 160) the two round apart and resized pixels differ b
 ``detzoo.contract.tf_resize_nodes``, there NHWC with static sizes; here NCHW, sizes read in the
 graph), which matches TF bit for bit.
 
+convert runs it on every conversion, before the contract wrapper (TFLite's reference kernel takes
+the same formula; integer resizes are not float and stay). A constant output size gives constant
+grids, so shapes stay as static as the Resize's were: quantize's batch-1 pass proves the OD API's
+postprocessing Loop from them (BENCHMARKS.md, "TF's bilinear resize").
+
 Owns: this rewrite. Does not touch: files, the contract wrapper, canonical order.
-Not yet called by convert: with it, quantize's batch-1 inlining of the default model's
-preprocessing Loop left an unsorted graph (BENCHMARKS.md, "TF's bilinear resize").
 """
 
 from __future__ import annotations
@@ -90,6 +93,26 @@ def _rewrite(graph, outer: list, types: dict, names: set, dropped: set) -> int:
     return count
 
 
+def _already_exact(ins, outs, half_pixel: bool, scales=None) -> bool:
+    """Whether onnxruntime's source coordinates (from ``scales`` where the Resize is given them, else
+    out / in) equal TF's at every output index (static sizes only): then the Resize already computes
+    TF's result (an x2 upsampling inside a network does), and stays, as fast as it is."""
+    if any(not isinstance(v, int) or v <= 0 for v in [*ins, *outs]):
+        return False
+    for k, (n_in, n_out) in enumerate(zip(ins, outs)):
+        grid = np.arange(n_out, dtype=np.float32)
+        tf_scale = np.float32(n_in) / np.float32(n_out)
+        ort_scale = scales[k] if scales is not None else np.float32(n_out) / np.float32(n_in)
+        if half_pixel:
+            tf = (grid + np.float32(0.5)) * tf_scale - np.float32(0.5)
+            ort = (grid + np.float32(0.5)) / ort_scale - np.float32(0.5)
+        else:
+            tf, ort = grid * tf_scale, grid / ort_scale
+        if not np.array_equal(tf, ort):
+            return False
+    return True
+
+
 def _attr(node, name, default=None):
     for a in node.attribute:
         if a.name == name:
@@ -98,7 +121,8 @@ def _attr(node, name, default=None):
 
 
 def _plan(node, scope, types):
-    """(half_pixel, 'sizes' or 'scales', the NHWC source or None) when ``node`` can be replaced, else None."""
+    """(half_pixel, 'sizes' or 'scales', the NHWC source or None, the output height and width where
+    constant, else None each) when ``node`` can be replaced, else None."""
     if _attr(node, "mode", b"nearest") != b"linear" or _attr(node, "antialias", 0):
         return None
     ctm = _attr(node, "coordinate_transformation_mode", b"half_pixel")
@@ -121,12 +145,21 @@ def _plan(node, scope, types):
             e = _canon(e, scope) if isinstance(e, tuple) else e
             if e is None or not (e == dims[i] or (static is not None and static[i] is not None and e == static[i])):
                 return None
-        return _MODES[ctm], "sizes", _nhwc_source(x, scope)
+        outs = tuple(e if isinstance(e, int) else None for e in entries[2:])
+        if static is not None and _already_exact(static[2:], outs, _MODES[ctm]):
+            return None
+        return _MODES[ctm], "sizes", _nhwc_source(x, scope), outs
     if scales:
         s = _const(scales, scope)
         if s is None or s.size != 4 or not np.all(s.astype(np.float32)[:2] == 1):
             return None
-        return _MODES[ctm], "scales", _nhwc_source(x, scope)
+        static = types.get(x, (None, None))[1]
+        if static is not None and len(static) == 4 and all(isinstance(v, int) for v in static[2:]):
+            ins = static[2:]
+            outs = [int(np.floor(np.float32(n) * np.float32(f))) for n, f in zip(ins, s.astype(np.float32)[2:])]
+            if _already_exact(ins, outs, _MODES[ctm], [np.float32(f) for f in s.astype(np.float32)[2:]]):
+                return None
+        return _MODES[ctm], "scales", _nhwc_source(x, scope), (None, None)
     return None
 
 
@@ -268,9 +301,11 @@ def _rank(name, scope):
     return None if dims is None else len(dims)
 
 
-def _tf_nodes(node, half_pixel: bool, by: str, nhwc: str | None, names: set) -> list:
+def _tf_nodes(node, half_pixel: bool, by: str, nhwc: str | None, outs: tuple, names: set) -> list:
     """Nodes computing TF's bilinear resize of NCHW ``node.input[0]`` into ``node.output[0]``; from
-    ``nhwc`` instead where that tensor is ``node.input[0]`` before tf2onnx's Transpose to NCHW."""
+    ``nhwc`` instead where that tensor is ``node.input[0]`` before tf2onnx's Transpose to NCHW.
+    Where an output size is constant (``outs``), its grid is a constant too, so shape inference
+    keeps the static size the Resize had (quantize's batch-1 pass proves its Loops from it)."""
     base = (node.name or node.output[0]) + "/tf_exact/"
     P = base
     k = 1
@@ -309,7 +344,10 @@ def _tf_nodes(node, half_pixel: bool, by: str, nhwc: str | None, names: set) -> 
         const(q + "in_axis", np.array(in_axis, np.int64))
         n_in = op("Gather", [shape, P + q + "in_axis"], q + "in", axis=0)
         in_f = op("Cast", [n_in], q + "in_f", to=TensorProto.FLOAT)
-        if by == "sizes":
+        static = outs[axis - 2]
+        if static is not None:
+            n_out = const(q + "out_i", np.array(static, np.int64))
+        elif by == "sizes":
             n_out = op("Gather", [node.input[3], P + q + "axis"], q + "out", axis=0)
             n_out = op("Cast", [n_out], q + "out_i", to=TensorProto.INT64)
         else:  # onnxruntime's output size: the input size times the scale, in float32, truncated
@@ -319,8 +357,11 @@ def _tf_nodes(node, half_pixel: bool, by: str, nhwc: str | None, names: set) -> 
             n_out = op("Cast", [o], q + "out_i", to=TensorProto.INT64)
         out_f = op("Cast", [n_out], q + "out_f", to=TensorProto.FLOAT)
         scale = op("Div", [in_f, out_f], q + "scale")  # TF's CalculateResizeScale, float32
-        grid = op("Cast", [op("Range", [P + "zero_i", n_out, P + "one_i"], q + "range")], q + "grid",
-                  to=TensorProto.FLOAT)
+        if static is not None:
+            grid = const(q + "grid", np.arange(static, dtype=np.float32))
+        else:
+            grid = op("Cast", [op("Range", [P + "zero_i", n_out, P + "one_i"], q + "range")], q + "grid",
+                      to=TensorProto.FLOAT)
         if half_pixel:
             src = op("Sub", [op("Mul", [op("Add", [grid, P + "half"], q + "grid_h"), scale], q + "src_h"),
                              P + "half"], q + "src")

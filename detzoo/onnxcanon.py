@@ -13,12 +13,11 @@ initializers), files.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import re
 
 import onnx
 
-from detzoo.onnxgraph import attribute_graphs
+from detzoo.onnxgraph import attribute_graphs, reads, topological_order
 
 _GENERATED = re.compile(r"(__\d+)+")
 _COPY_PREFIX = re.compile(r"^(copy__\d+/)+")
@@ -94,42 +93,6 @@ def _hash_graph(g, outer: dict, is_sub: bool = False) -> tuple[dict, list]:
     return h, node_keys
 
 
-def _sort_nodes_idx(g, node_keys: list) -> list[int]:
-    producers = {o: i for i, n in enumerate(g.node) for o in n.output if o}
-    deps = [set() for _ in g.node]
-    users = [[] for _ in g.node]
-
-    for i, n in enumerate(g.node):
-        for x in _all_inputs(n):  # subgraphs read outer values too
-            j = producers.get(x)
-            if j is not None and j != i and j not in deps[i]:
-                deps[i].add(j)
-                users[j].append(i)
-    indeg = [len(d) for d in deps]
-    heap = [(node_keys[i], i) for i in range(len(g.node)) if indeg[i] == 0]
-    heapq.heapify(heap)
-    order = []
-    while heap:
-        _, i = heapq.heappop(heap)
-        order.append(i)
-        for u in users[i]:
-            indeg[u] -= 1
-            if indeg[u] == 0:
-                heapq.heappush(heap, (node_keys[u], u))
-    if len(order) != len(g.node):  # a cycle would be an invalid model; leave it as it is
-        return list(range(len(g.node)))
-    return order
-
-
-def _all_inputs(n):
-    names = list(n.input)
-    for a in n.attribute:
-        for sub in attribute_graphs(a):
-            for sn in sub.node:
-                names += _all_inputs(sn)
-    return names
-
-
 def _rename_inputs(g, alias: dict) -> None:
     for n in g.node:
         n.input[:] = [alias.get(x, x) for x in n.input]
@@ -180,7 +143,7 @@ def _canon_graph(g, outer_hash: dict, namer: _Namer, rename: dict, owner: str | 
     """Sort and rename ``g``; ``owner`` is the node whose attribute holds it (None: main graph)."""
     h, node_keys = _hash_graph(g, outer_hash, is_sub=owner is not None)
     node_keys = _merge_duplicates(g, node_keys)
-    order = _sort_nodes_idx(g, node_keys)
+    order = topological_order(g, node_keys)
     nodes = [g.node[i] for i in order]
     keys = [node_keys[i] for i in order]
     local = dict(rename)
@@ -203,7 +166,7 @@ def _canon_graph(g, outer_hash: dict, namer: _Namer, rename: dict, owner: str | 
                 local[o] = namer(f"{name}:{k}")
     consumers = {}
     for n, name in zip(nodes, new_names):
-        for j, x in enumerate(_all_inputs(n)):
+        for j, x in enumerate(reads(n)):
             consumers.setdefault(x, f"{name}/in{j}" if j < len(n.input) else f"{name}/captured")
     out_names = {v.name for v in g.output}
     used = [t for t in g.initializer if t.name in consumers or t.name in out_names]

@@ -3,9 +3,9 @@ files and manifest saved as one journaled commit.
 
 Every artifact is staged in the entry's folder, then put in place with the manifest, last, so files
 and recorded sha256s never disagree, even after a kill. Owns the variants' file names
-(``variant_files``, ``refuse_existing``), ``with_any_batch`` and ``install``. Must not touch what a
-built graph computes: it only wraps it in the contract's batch Loop or fixes its input size, and
-checks.py's batch check proves the Loop changed nothing.
+(``variant_files``, ``refuse_existing``), ``sort_nodes``, ``with_any_batch`` and ``install``. Must not
+touch what a built graph computes: it only orders its nodes, wraps it in the contract's batch Loop or
+fixes its input size, and checks.py's batch check proves the Loop changed nothing.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def install(folder: Path, m: Manifest, built: dict, files: dict[str, str], *, an
         for name, (path, settings, checks) in built.items():
             tmp = staged[files[name]] = stack.enter_context(staging(folder, ".onnx"))
             art = onnx.load(str(path))
+            sort_nodes(art.graph)
             if any_batch and name != "fp32_batch1":  # the batch-1 build gets any batch back: a Loop over the images
                 art = with_any_batch(art, first_outside=name == "fp16")
                 checks = {**checks, "batch": batch_check(path, art, m.io, batch_images, allow_unsafe_ops)}
@@ -91,3 +92,24 @@ def install(folder: Path, m: Manifest, built: dict, files: dict[str, str], *, an
                                             settings={"input_size": [h, w], "from": files[name],
                                                       "batch": "any" if any_batch else 1})
         m.save(folder, staged)
+
+
+def sort_nodes(graph) -> int:
+    """Put ``graph``'s nodes (and its subgraphs') in topological order, outer-scope reads included;
+    returns how many graphs changed. onnxruntime's optimized model can place a node after a Loop
+    whose body reads its output (seen on the default SSDLite once its resizes compute TF's
+    formula), and so can its quantizer's: onnxruntime runs them, onnx's checker, and so the
+    contract's batch Loop, refuse them."""
+    from detzoo.onnxgraph import subgraphs, topological_order
+
+    changed = 0
+    for n in graph.node:
+        for sub in subgraphs(n):
+            changed += sort_nodes(sub)
+    order = topological_order(graph)
+    if order != list(range(len(graph.node))):
+        nodes = [graph.node[i] for i in order]
+        del graph.node[:]
+        graph.node.extend(nodes)
+        changed += 1
+    return changed

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from detzoo.errors import DetzooError
 from detzoo.quantize import batch1
+from detzoo.quantize.install import sort_nodes
 from detzoo.quantize.plan import ensure_node_names
 
 
@@ -40,9 +41,11 @@ def run(fp32: Path, work: Path) -> tuple[Path, batch1.Batch1Report, dict]:
     if not out.is_file():
         raise DetzooError(f"onnxruntime could not optimize the batch-1 model of {fp32.name}")
     prepared = onnx.load(str(out))
-    if ensure_node_names(prepared):
+    resorted = sort_nodes(prepared.graph)
+    if ensure_node_names(prepared) or resorted:
         onnx.save(prepared, str(out))
     info = {"quant_pre_process": {"symbolic_shape_inference": symbolic, "ort_optimization": "basic",
                                   "note": None if symbolic else "sympy not installed: ONNX shape inference only "
                                   "(the batch-1 pass already makes every network shape static)"}}
     return out, report, info
+

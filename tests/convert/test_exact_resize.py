@@ -101,6 +101,25 @@ def test_bit_exact_with_tf(half_pixel):
         assert max(differs) > 1e-3, differs
 
 
+def _inferred_dims(model, names):
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dims = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        if vi.name in names:
+            dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    return dims
+
+
+def test_constant_output_size_stays_static():
+    """A constant output size gives the rewrite's output a static height and width (its grids are
+    constants; a Range would hide them from shape inference): quantize's batch-1 pass proves the OD
+    API's postprocessing Loop runs once from such shapes."""
+    model = _convert(_graph("const", False, (120, 160)))  # any input size, constant output size
+    outs = {n.output[0] for n in _resizes(model)}
+    after = _inferred_dims(_exact(model), outs)
+    assert set(after) == outs and all(d[2:] == [120, 160] for d in after.values()), after
+
+
 def test_dynamic_size_other_frames():
     g = _graph("dyn", False)
     model = _exact(_convert(g))
@@ -115,6 +134,18 @@ def test_static_input_scales():
     model = _convert(g)
     image = _image(576, 768)
     np.testing.assert_array_equal(_ort_run(_exact(model), image), _tf_run(g, image))
+
+
+@pytest.mark.parametrize("half_pixel", [False, True], ids=["asymmetric", "half_pixel"])
+def test_static_exact_factor_is_left_alone(half_pixel):
+    """A static x2 upsampling (a feature pyramid's): onnxruntime's coordinates already equal TF's, so
+    the faster Resize stays, and still matches TF bit for bit."""
+    g = _graph("const", half_pixel, (40, 64), static=(20, 32))
+    model = _convert(g)
+    out, n = exact_tf_resize(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert n == 0 and len(_resizes(out)) == len(_resizes(model)) == 1
+    image = _image(20, 32)
+    np.testing.assert_array_equal(_ort_run(out, image), _tf_run(g, image))
 
 
 def test_scales_input_matches_onnx_output_size():

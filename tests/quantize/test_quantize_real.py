@@ -70,7 +70,9 @@ def test_int8_targets_and_plan(quantized):
     assert [lp["inlined"] for lp in s["batch1"]["loops"]] == [True, True]
     regions = s["plan"]["regions"]
     assert regions["network"]["ops"]["Conv"] == 88
-    assert "Resize" in regions["preprocessing"]["ops"] and "Exp" in regions["box_decoding"]["ops"]
+    # The preprocessing resize computes TF's formula (convert/exact_resize.py): gathers and lerps, no Resize.
+    assert {"Gather", "Floor"} <= set(regions["preprocessing"]["ops"]) and "Resize" not in regions["preprocessing"]["ops"]
+    assert "Exp" in regions["box_decoding"]["ops"]
     assert {"NonMaxSuppression", "TopK"} <= set(regions["selection"]["ops"])
     assert len(s["excluded_nodes"]) == 2 and all("image-facing" in w for w in s["excluded_nodes"].values())
     assert s["calibration"]["count"] == 25 and not s["calibration"]["overlap_with_check_images"]
