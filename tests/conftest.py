@@ -128,3 +128,30 @@ def shapes_entry(shapes_entry_dir, tmp_path) -> Path:
     dst = tmp_path / "entry"
     shutil.copytree(shapes_entry_dir, dst)
     return dst
+
+
+# --- opt-in tiers --------------------------------------------------------------------------------
+
+FULLSIZE_ENV = "DETZOO_FULLSIZE"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fullsize", action="store_true", default=False,
+                     help=f"run the tests marked fullsize (TF zoo models at their public sizes, 90 classes; "
+                          f"minutes to hours each); or set {FULLSIZE_ENV}=1")
+
+
+def _fullsize_enabled(config) -> bool:
+    return bool(config.getoption("--fullsize")) or os.environ.get(FULLSIZE_ENV, "").strip().lower() in (
+        "1", "true", "yes", "on")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``fullsize`` are skipped unless asked for (CI never asks)."""
+    if _fullsize_enabled(config):
+        return
+    skip = pytest.mark.skip(reason=f"fullsize: public zoo sizes, minutes to hours each; "
+                                   f"run with --fullsize or {FULLSIZE_ENV}=1")
+    for item in items:
+        if item.get_closest_marker("fullsize") is not None:
+            item.add_marker(skip)
